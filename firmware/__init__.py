@@ -1,0 +1,1 @@
+"""The agent: state machine wiring drivers → capture → buffer, configuration, CLI."""
