@@ -1,0 +1,142 @@
+"""The append-only, hash-chained, signed audit log (DESIGN invariant 6).
+
+One record a line::
+
+    <body JSON>\\t<base64 Ed25519 signature>\\n
+
+The signature covers ``b"bwv-audit/1\\n" + body`` (the exact bytes on the line). A
+record's hash is SHA-256 of the line without its newline; each body names the previous
+record's hash in ``prev``, so deleting, inserting or editing a line breaks the chain.
+Records are fsynced one by one: audit events are rare and each one matters.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from buffer.envelope import canonical_json
+from buffer.fsutil import fsync_dir
+from drivers.clock import Clock, iso_utc
+
+AUDIT_DOMAIN = b"bwv-audit/1\n"
+GENESIS = "0" * 64
+
+
+class AuditError(Exception):
+    """The audit log cannot be read or appended; the message names the line."""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    body: dict
+    hash: str
+
+
+def _parse_line(line: bytes, lineno: int) -> tuple[bytes, bytes]:
+    if b"\t" not in line:
+        raise AuditError(f"audit line {lineno}: no signature field")
+    body, sig_b64 = line.rsplit(b"\t", 1)
+    try:
+        sig = base64.b64decode(sig_b64, validate=True)
+    except ValueError:
+        raise AuditError(f"audit line {lineno}: signature is not base64") from None
+    return body, sig
+
+
+class AuditLog:
+    """Appends signed records; repairs a torn last line left by a power cut."""
+
+    def __init__(self, path: Path, *, device_id: str, sign: Callable[[bytes], bytes],
+                 clock: Clock) -> None:
+        self.path = Path(path)
+        self._device_id = device_id
+        self._sign = sign
+        self._clock = clock
+        self._seq, self._prev = -1, GENESIS
+        self.repaired_bytes = 0
+        self._recover_tail()
+
+    def _recover_tail(self) -> None:
+        if not self.path.exists():
+            self.path.touch(mode=0o640)
+            fsync_dir(self.path.parent)
+            return
+        data = self.path.read_bytes()
+        keep = data.rfind(b"\n") + 1  # a line without its newline was never acknowledged
+        if keep < len(data):
+            self.repaired_bytes = len(data) - keep
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+        if keep:
+            last = data[:keep - 1].rsplit(b"\n", 1)[-1]
+            body, _ = _parse_line(last, -1)
+            self._seq = int(json.loads(body)["seq"])
+            self._prev = hashlib.sha256(last).hexdigest()
+
+    @property
+    def head(self) -> tuple[int, str]:
+        return self._seq, self._prev
+
+    def append(self, event: str, **data) -> AuditRecord:
+        body = {
+            "seq": self._seq + 1,
+            "device_id": self._device_id,
+            "utc": iso_utc(self._clock.utc_ns()),
+            "mono_ns": self._clock.monotonic_ns(),
+            "clock_synced": self._clock.state().synced,
+            "event": event,
+            "data": data,
+            "prev": self._prev,
+        }
+        body_bytes = canonical_json(body)
+        sig = self._sign(AUDIT_DOMAIN + body_bytes)
+        line = body_bytes + b"\t" + base64.b64encode(sig)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, line + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._seq += 1
+        self._prev = hashlib.sha256(line).hexdigest()
+        return AuditRecord(body, self._prev)
+
+
+def verify_audit(path: Path, verify_sig: Callable[[bytes, bytes], bool],
+                 device_id: str) -> tuple[int, list[str]]:
+    """Check every line; returns (records read, problems). Never raises on bad content."""
+    problems: list[str] = []
+    prev, expect_seq, count = GENESIS, 0, 0
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return 0, [f"audit log unreadable: {exc}"]
+    if data and not data.endswith(b"\n"):
+        problems.append("audit log: last line is incomplete (torn write not yet repaired)")
+    for lineno, line in enumerate(data.split(b"\n")[:-1], start=1):
+        count += 1
+        try:
+            body_bytes, sig = _parse_line(line, lineno)
+            body = json.loads(body_bytes)
+        except (AuditError, ValueError) as exc:
+            problems.append(f"audit line {lineno}: malformed ({exc})")
+            prev = hashlib.sha256(line).hexdigest()
+            continue
+        if not verify_sig(sig, AUDIT_DOMAIN + body_bytes):
+            problems.append(f"audit line {lineno}: SignatureInvalid")
+        if body.get("device_id") != device_id:
+            problems.append(f"audit line {lineno}: WrongDevice ({body.get('device_id')!r})")
+        if body.get("prev") != prev:
+            problems.append(f"audit line {lineno}: ChainBroken (prev does not match line {lineno - 1})")
+        if body.get("seq") != expect_seq:
+            problems.append(f"audit line {lineno}: SequenceMismatch (seq {body.get('seq')}, expected {expect_seq})")
+        expect_seq = (body.get("seq") if isinstance(body.get("seq"), int) else expect_seq) + 1
+        prev = hashlib.sha256(line).hexdigest()
+    return count, problems

@@ -1,0 +1,163 @@
+"""Back-office export: verify a clip, decrypt it with the agency identity, remux to MP4.
+
+The H.264 frames are copied, never re-encoded, so every frame in the MP4 can be checked
+against the SHA-256 the device signed for it; export does that check on its own output
+before it reports success. Timestamps keep the device's capture timeline, so a gap in
+the clip stays a gap in the MP4 and is listed in the report (never closed up).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import av
+import pyrage
+
+from buffer import envelope
+from buffer.verify import ClipReport, verify_clip
+from capture.framehash import frame_hash_annexb, frame_hash_avcc
+from drivers.keystore import DeviceRecord
+
+EXPORT_FORMAT = "bwv-export-report/1"
+
+
+class ExportError(Exception):
+    """Export refused or failed; the message says why (verification, key, media)."""
+
+
+def load_identity(path: Path) -> pyrage.x25519.Identity:
+    """An age identity file (age-keygen format: comments, then AGE-SECRET-KEY-1…)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"cannot read identity {path}: {exc}") from None
+    keys = [ln.strip() for ln in lines if ln.strip().startswith("AGE-SECRET-KEY-1")]
+    if not keys:
+        raise ExportError(f"{path} holds no age X25519 identity (AGE-SECRET-KEY-1…)")
+    try:
+        return pyrage.x25519.Identity.from_str(keys[0])
+    except Exception as exc:  # noqa: BLE001 — pyrage raises its own types
+        raise ExportError(f"{path}: identity is malformed ({exc})") from None
+
+
+def frame_hash_sample(data: bytes) -> str:
+    """MP4 samples are normally length-prefixed; accept Annex-B too (muxer's choice)."""
+    if data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01"):
+        return frame_hash_annexb(data)
+    return frame_hash_avcc(data)
+
+
+@dataclass
+class ExportResult:
+    mp4: Path
+    report_path: Path
+    report: dict
+
+
+def _decrypt(payload: bytes, identity, seq: int) -> bytes:
+    try:
+        return pyrage.decrypt(payload, [identity])
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"segment {seq}: cannot decrypt with this identity ({exc}); "
+                          "is it the agency key this camera encrypts to?") from None
+
+
+def _remux(ts_parts: list[bytes], out_path: Path) -> int:
+    """Copy every video packet of the TS segments into one MP4; returns packets written."""
+    written = 0
+    base = None
+    with av.open(str(out_path), "w", format="mp4") as out:
+        ostream = None
+        for ts in ts_parts:
+            with av.open(io.BytesIO(ts), "r", format="mpegts") as inp:
+                istream = inp.streams.video[0]
+                if ostream is None:
+                    ostream = out.add_stream_from_template(istream)
+                for pkt in inp.demux(istream):
+                    if pkt.dts is None or pkt.size == 0:
+                        continue  # demuxer flush packet
+                    if base is None:
+                        base = pkt.dts
+                    pkt.pts -= base
+                    pkt.dts -= base
+                    pkt.stream = ostream
+                    out.mux(pkt)
+                    written += 1
+    return written
+
+
+def _check_mp4_frames(mp4: Path, expected: list[str]) -> tuple[int, list[int]]:
+    """Hash each MP4 sample and compare with the device-signed frame hashes in order."""
+    got: list[str] = []
+    with av.open(str(mp4)) as c:
+        for pkt in c.demux(c.streams.video[0]):
+            if pkt.size:
+                got.append(frame_hash_sample(bytes(pkt)))
+    mismatched = [i for i, (a, b) in enumerate(zip(got, expected)) if a != b]
+    if len(got) != len(expected):
+        mismatched.append(min(len(got), len(expected)))
+    return len(got), mismatched
+
+
+def export_clip(clip_dir: Path, identity_path: Path, out_mp4: Path, *,
+                device: DeviceRecord | None = None, key_source: str = "given",
+                progress: Callable[[int, int], None] | None = None) -> ExportResult:
+    report: ClipReport = verify_clip(clip_dir, device, key_source)
+    if not report.ok:
+        raise ExportError("clip failed verification; refusing to export:\n  "
+                          + "\n  ".join(report.all_failures()))
+    identity = load_identity(identity_path)
+    out_mp4 = Path(out_mp4)
+    out_mp4.parent.mkdir(parents=True, exist_ok=True)
+    ts_parts, expected = [], []
+    total = len(report.segments)
+    for i, seg in enumerate(report.segments):
+        data = (Path(clip_dir) / seg.file).read_bytes()
+        env = envelope.parse(data, envelope.SEGMENT_MAGIC)
+        ts_parts.append(_decrypt(data[env.payload_offset:], identity, seg.seq or -1))
+        expected += list(seg.header["frame_hashes"])  # type: ignore[index]
+        if progress:
+            progress(i + 1, total)
+    tmp = out_mp4.with_name(f".{out_mp4.name}.tmp")
+    try:
+        written = _remux(ts_parts, tmp)
+        checked, mismatched = _check_mp4_frames(tmp, expected)
+    except av.error.FFmpegError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"remux failed: {exc}") from None
+    if mismatched or written != len(expected):
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"exported frames do not match the signed frame hashes "
+                          f"(first mismatch at frame {mismatched[0] if mismatched else written})")
+    os.replace(tmp, out_mp4)
+    m = report.manifest or {}
+    headers = [s.header for s in report.segments if s.header]
+    doc = {
+        "format": EXPORT_FORMAT,
+        "clip_id": m.get("clip_id"),
+        "device_id": m.get("device_id"),
+        "officer_id": m.get("officer_id"),
+        "started_utc": m.get("started_utc"),
+        "stopped_utc": m.get("stopped_utc"),
+        "start_reason": m.get("start_reason"),
+        "stop_reason": m.get("stop_reason"),
+        "first_frame_utc": headers[0]["capture"]["start_utc"] if headers else None,
+        "last_frame_end_utc": headers[-1]["capture"]["end_utc"] if headers else None,
+        "clock": headers[0]["clock"] if headers else None,
+        "video": {k: headers[0]["video"][k] for k in ("codec", "width", "height", "fps")} if headers else None,
+        "segment_count": len(report.segments),
+        "frame_count": len(expected),
+        "frames_checked_against_signatures": checked,
+        "gaps": report.gaps,
+        "verification": report.as_dict(),
+        "mp4": {"file": out_mp4.name, "sha256": hashlib.sha256(out_mp4.read_bytes()).hexdigest(),
+                "size": out_mp4.stat().st_size},
+    }
+    report_path = out_mp4.with_suffix(".report.json")
+    report_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return ExportResult(out_mp4, report_path, doc)

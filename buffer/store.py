@@ -1,0 +1,481 @@
+"""The evidence store on disk: a ring of sealed segments, pinned clips, an index, recovery.
+
+Layout (docs/ARCHITECTURE.md has the full story)::
+
+    STORE/bwv-store.json          which device this store belongs to
+    STORE/device.json             the device's public record (id + Ed25519 public key)
+    STORE/index.sqlite            SQLite (WAL) index: segments, clips, delete intents
+    STORE/ring/NNNNNNNNNNNN.bwvseg     unpinned segments (pre-record window)
+    STORE/clips/<clip>/NNN….bwvseg     pinned segments, moved here by rename (no copy)
+    STORE/clips/<clip>/manifest.bwvclip
+    STORE/audit.log               signed, hash-chained audit log
+    STORE/quarantine/             files recovery could not vouch for (never deleted)
+
+Rules this module keeps (DESIGN invariants 4 and 5):
+- ``append`` returns only after the sealed file and its directory entry are fsynced and
+  the index row is committed; that return is the acknowledgement.
+- Eviction writes a durable delete intent before unlinking, so recovery can finish it.
+- Nothing pinned to a clip is ever evicted; when only pinned data is left and the byte
+  budget is reached, ``append``/``open_clip`` raise ``StoreFull`` and write nothing.
+
+Threading: a Store is used from one thread only (the agent's store worker). SQLite's
+connection is created in that thread and never shared.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buffer import envelope
+from buffer.audit import AuditLog
+from buffer.clip import MANIFEST_NAME, ClipSegmentRef, build_manifest, manifest_body
+from buffer.fsutil import (TMP_SUFFIX, fsync_dir, mkdir_durable, move_durable,
+                           unlink_durable, write_durable)
+from buffer.seal import GENESIS_HASH, SealContext, seal
+from capture.segmenter import RawSegment
+from drivers.clock import Clock, parse_iso_utc
+from drivers.keystore import DeviceRecord, KeyStore
+
+STORE_FORMAT = "bwv-store/1"
+MARKER = "bwv-store.json"
+SEG_SUFFIX = ".bwvseg"
+
+
+class StoreError(Exception):
+    """A store problem a technician can act on; the message says what and where."""
+
+
+class NotAStore(StoreError):
+    pass
+
+
+class StoreFull(StoreError):
+    pass
+
+
+def seg_name(seq: int) -> str:
+    return f"{seq:012d}{SEG_SUFFIX}"
+
+
+def parse_seg_name(name: str) -> int | None:
+    stem = name[: -len(SEG_SUFFIX)] if name.endswith(SEG_SUFFIX) else None
+    return int(stem) if stem is not None and stem.isdigit() and len(stem) == 12 else None
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    pre_record_ns: int = 30 * 10**9
+    max_bytes: int = 8 * 1024**3
+    nearly_full_fraction: float = 0.9
+    frame_interval_ns: int = 33_333_333
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A durable segment: what the agent may report as recorded."""
+
+    seq: int
+    hash: str
+    path: Path
+    clip_id: str | None
+    size: int
+
+
+@dataclass
+class RecoveryReport:
+    unclean_shutdown: bool = False
+    discarded_tmp: list[str] = field(default_factory=list)
+    finished_evictions: int = 0
+    reindexed: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    closed_clips: list[str] = field(default_factory=list)
+    audit_repaired_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, stream_id TEXT NOT NULL,
+    clip_id TEXT, size INTEGER NOT NULL,
+    start_mono_ns INTEGER NOT NULL, end_mono_ns INTEGER NOT NULL,
+    start_utc_ns INTEGER NOT NULL, end_utc_ns INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS segments_clip ON segments(clip_id);
+CREATE TABLE IF NOT EXISTS clips (
+    clip_id TEXT PRIMARY KEY, state TEXT NOT NULL CHECK (state IN ('open','closed')),
+    officer_id TEXT NOT NULL, started_utc_ns INTEGER NOT NULL,
+    press_mono_ns INTEGER NOT NULL, start_reason TEXT NOT NULL,
+    stopped_utc_ns INTEGER, stop_reason TEXT, manifest_hash TEXT);
+CREATE TABLE IF NOT EXISTS intents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, seq INTEGER NOT NULL,
+    path TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def init_store(root: Path, device: DeviceRecord) -> None:
+    """Create an empty store for this device (refuses a non-empty foreign directory)."""
+    root = Path(root)
+    marker = root / MARKER
+    if marker.exists():
+        existing = json.loads(marker.read_text())
+        if existing.get("device_id") != device.device_id:
+            raise StoreError(f"{root} belongs to device {existing.get('device_id')!r}")
+        return
+    if root.exists() and any(root.iterdir()):
+        raise NotAStore(f"{root} is not empty and not a bwv store; refusing to use it")
+    root.mkdir(parents=True, exist_ok=True)
+    for sub in ("ring", "clips", "quarantine"):
+        (root / sub).mkdir(exist_ok=True)
+    write_durable(root, "device.json", device.to_json().encode())
+    write_durable(root, MARKER, json.dumps(
+        {"format": STORE_FORMAT, "device_id": device.device_id}).encode())
+    fsync_dir(root.parent)
+
+
+class Store:
+    """The ring + clips store. Open it with :meth:`open`, which runs recovery first."""
+
+    def __init__(self, root: Path, keys: KeyStore, clock: Clock, settings: StoreSettings,
+                 *, officer_id: str) -> None:
+        self.root = Path(root)
+        self.keys = keys
+        self.clock = clock
+        self.settings = settings
+        self.device = keys.device()
+        self.stream_id = uuid.uuid4().hex
+        self.officer_id = officer_id
+        self._check_marker()
+        self.ring = self.root / "ring"
+        self.clips = self.root / "clips"
+        self.db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+        self.audit = AuditLog(self.root / "audit.log", device_id=self.device.device_id,
+                              sign=keys.sign, clock=clock)
+        self._used = 0
+        self.recovery = RecoveryReport(audit_repaired_bytes=self.audit.repaired_bytes)
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, root: Path, keys: KeyStore, clock: Clock, settings: StoreSettings, *,
+             officer_id: str) -> "Store":
+        store = cls(root, keys, clock, settings, officer_id=officer_id)
+        store._recover()
+        return store
+
+    def _check_marker(self) -> None:
+        marker = self.root / MARKER
+        try:
+            info = json.loads(marker.read_text())
+        except FileNotFoundError:
+            raise NotAStore(f"{self.root} is not a bwv store (no {MARKER}); "
+                            "create one with 'bwv sim' or 'bwv store init'") from None
+        except ValueError:
+            raise NotAStore(f"{marker} is corrupt") from None
+        if info.get("format") != STORE_FORMAT:
+            raise NotAStore(f"{marker}: unknown store format {info.get('format')!r}")
+        if info.get("device_id") != self.device.device_id:
+            raise StoreError(f"{self.root} belongs to device {info.get('device_id')!r}, "
+                             f"not {self.device.device_id!r}")
+
+    def _meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def _recover(self) -> None:
+        """Make files, index and chain agree after whatever happened last time."""
+        rep = self.recovery
+        rep.unclean_shutdown = self._meta("clean_shutdown", "1") == "0"
+        # 1. Unacknowledged temp files: their writer never returned, nobody was told
+        #    they exist. They are incomplete by construction; drop them, say so.
+        for directory in [self.ring, *self._clip_dirs()]:
+            for p in directory.iterdir():
+                if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX):
+                    unlink_durable(p)
+                    rep.discarded_tmp.append(str(p.relative_to(self.root)))
+        # 2. Finish deletes whose intent was recorded.
+        for iid, seq, path in self.db.execute("SELECT id, seq, path FROM intents").fetchall():
+            unlink_durable(self.root / path)
+            self._tx([("DELETE FROM segments WHERE seq=?", (seq,)),
+                      ("DELETE FROM intents WHERE id=?", (iid,))])
+            rep.finished_evictions += 1
+        # 3. Files are the truth for where a segment is; the index follows them.
+        on_disk: dict[int, Path] = {}
+        for directory in [self.ring, *self._clip_dirs()]:
+            for p in directory.iterdir():
+                seq = parse_seg_name(p.name)
+                if seq is not None:
+                    on_disk[seq] = p
+        rows = {r[0]: r[1] for r in self.db.execute("SELECT seq, clip_id FROM segments")}
+        for seq, p in sorted(on_disk.items()):
+            clip_id = None if p.parent == self.ring else p.parent.name
+            if seq not in rows:
+                if self._reindex(seq, p, clip_id):
+                    rep.reindexed.append(seq)
+            elif rows[seq] != clip_id:
+                self.db.execute("UPDATE segments SET clip_id=? WHERE seq=?", (clip_id, seq))
+        for seq in sorted(set(rows) - set(on_disk)):
+            rep.missing.append(seq)
+            self.db.execute("DELETE FROM segments WHERE seq=?", (seq,))
+        # 4. The chain head: the newest segment ever acknowledged, even if evicted.
+        head = self.db.execute("SELECT seq, hash FROM segments ORDER BY seq DESC LIMIT 1").fetchone()
+        meta_seq = int(self._meta("head_seq", "-1"))
+        if head and head[0] > meta_seq:
+            self._set_meta("head_seq", str(head[0]))
+            self._set_meta("head_hash", head[1])
+        self._used = self.db.execute("SELECT COALESCE(SUM(size),0) FROM segments").fetchone()[0]
+        # 5. Clips left open by a power cut are closed with what was acknowledged.
+        for (clip_id,) in self.db.execute("SELECT clip_id FROM clips WHERE state='open'").fetchall():
+            self.close_clip(clip_id, stop_reason="power_loss_recovery",
+                            stopped_utc_ns=None, notes=["closed by recovery after an unclean stop"])
+            rep.closed_clips.append(clip_id)
+        last_end = self._meta("last_end_utc")
+        if rep.unclean_shutdown:
+            self.audit.append("unclean_shutdown", head_seq=int(self._meta("head_seq", "-1")),
+                              last_segment_end_utc=last_end)
+        if any((rep.discarded_tmp, rep.finished_evictions, rep.reindexed, rep.missing,
+                rep.quarantined, rep.closed_clips, rep.audit_repaired_bytes)):
+            self.audit.append("recovery", **rep.as_dict())
+        self._set_meta("clean_shutdown", "0")
+        self.audit.append("store_open", stream_id=self.stream_id,
+                          head_seq=int(self._meta("head_seq", "-1")), used_bytes=self._used)
+
+    def _clip_dirs(self) -> list[Path]:
+        return sorted(p for p in self.clips.iterdir() if p.is_dir())
+
+    def _reindex(self, seq: int, path: Path, clip_id: str | None) -> bool:
+        """A durable file whose index row was not committed (cut between the two)."""
+        try:
+            data = path.read_bytes()
+            env = envelope.parse(data, envelope.SEGMENT_MAGIC)
+            self.device.verifier().verify(env.signature, env.signed_bytes)
+            h = env.body()
+            if h["seq"] != seq or h["device_id"] != self.device.device_id:
+                raise envelope.EnvelopeError("header does not match file name or device")
+            if h["payload"]["size"] != len(data) - env.payload_offset:
+                raise envelope.EnvelopeError("payload size differs from header")
+            cap = h["capture"]
+            self._tx([("INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?)",
+                       (seq, env.hash, h["stream_id"], clip_id, len(data), cap["start_mono_ns"],
+                        cap["end_mono_ns"], parse_iso_utc(cap["start_utc"]),
+                        parse_iso_utc(cap["end_utc"])))])
+            return True
+        except Exception as exc:  # noqa: BLE001 — anything unverifiable is quarantined, not deleted
+            q = self.root / "quarantine"
+            mkdir_durable(q)
+            move_durable(path, q)
+            self.recovery.quarantined.append(f"{path.name}: {exc}")
+            return False
+
+    # ------------------------------------------------------------------ writing
+    def _tx(self, statements: list[tuple[str, tuple]]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                self.db.execute(sql, args)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    @property
+    def head(self) -> tuple[int, str]:
+        return int(self._meta("head_seq", "-1")), self._meta("head_hash", GENESIS_HASH)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def pinned_bytes(self) -> int:
+        return self.db.execute(
+            "SELECT COALESCE(SUM(size),0) FROM segments WHERE clip_id IS NOT NULL").fetchone()[0]
+
+    def nearly_full(self) -> bool:
+        return self.pinned_bytes() >= self.settings.nearly_full_fraction * self.settings.max_bytes
+
+    def append(self, raw: RawSegment, *, clip_id: str | None = None,
+               gps: dict | None = None) -> Ack:
+        """Seal, write durably, index. Returning is the acknowledgement."""
+        if clip_id is not None and not self.clip_is_open(clip_id):
+            raise StoreError(f"clip {clip_id} is not open; refusing to add a segment to it")
+        seq_prev, prev_hash = self.head
+        seq = seq_prev + 1
+        ctx = SealContext(self.device.device_id, self.stream_id, self.officer_id,
+                          self.keys.agency_recipient(), self.keys.sign)
+        sealed = seal(raw, ctx=ctx, seq=seq, prev_hash=prev_hash, clock=self.clock.state(), gps=gps)
+        self._make_room(len(sealed.data))
+        directory = self.ring if clip_id is None else self.clips / clip_id
+        path = write_durable(directory, seg_name(seq), sealed.data)
+        self._tx([("INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?)",
+                   (seq, sealed.hash, self.stream_id, clip_id, len(sealed.data), raw.start_mono_ns,
+                    raw.end_mono_ns, raw.start_utc_ns, raw.end_utc_ns)),
+                  ("INSERT OR REPLACE INTO meta VALUES ('head_seq', ?)", (str(seq),)),
+                  ("INSERT OR REPLACE INTO meta VALUES ('head_hash', ?)", (sealed.hash,)),
+                  ("INSERT OR REPLACE INTO meta VALUES ('last_end_utc', ?)", (str(raw.end_utc_ns),))])
+        self._used += len(sealed.data)
+        self._evict_outside_window()
+        return Ack(seq, sealed.hash, path, clip_id, len(sealed.data))
+
+    def _ring_segments(self) -> list[tuple[int, int, int, int]]:
+        """Unpinned segments, oldest first: (seq, size, start_mono_ns, end_mono_ns)."""
+        return self.db.execute("SELECT seq, size, start_mono_ns, end_mono_ns FROM segments "
+                               "WHERE clip_id IS NULL ORDER BY seq").fetchall()
+
+    def _evict(self, seq: int) -> None:
+        path = self.ring / seg_name(seq)
+        size = self.db.execute("SELECT size FROM segments WHERE seq=?", (seq,)).fetchone()[0]
+        self._tx([("INSERT INTO intents(op, seq, path) VALUES ('evict', ?, ?)",
+                   (seq, str(path.relative_to(self.root))))])
+        unlink_durable(path)
+        self._tx([("DELETE FROM segments WHERE seq=?", (seq,)),
+                  ("DELETE FROM intents WHERE seq=?", (seq,))])
+        self._used -= size
+
+    def _evict_outside_window(self) -> None:
+        """Keep the newest unpinned run that covers the pre-record window, drop older.
+
+        Only the newest contiguous run of this stream can ever be promoted into a clip
+        (a clip is a contiguous range), so ring segments left before a clip or from an
+        earlier power-on are outside the window by definition.
+        """
+        ring = self._ring_segments()
+        if not ring:
+            return
+        if self.settings.pre_record_ns == 0:
+            for seq, *_ in ring:  # no pre-record window: nothing unpinned is kept
+                self._evict(seq)
+            return
+        streams = dict(self.db.execute(
+            "SELECT seq, stream_id FROM segments WHERE clip_id IS NULL").fetchall())
+        run_start = len(ring) - 1
+        while (run_start > 0 and ring[run_start - 1][0] == ring[run_start][0] - 1
+               and streams[ring[run_start - 1][0]] == self.stream_id):
+            run_start -= 1
+        for seq, *_ in ring[:run_start]:
+            self._evict(seq)
+        run = ring[run_start:]
+        newest_end = run[-1][3]
+        slack = self.settings.frame_interval_ns // 2
+        # Segment i may go once segment i+1 alone already reaches back a whole window.
+        for (seq, _, _, _), nxt in zip(run, run[1:]):
+            if newest_end - nxt[2] >= self.settings.pre_record_ns - slack:
+                self._evict(seq)
+            else:
+                break
+
+    def _make_room(self, need: int) -> None:
+        """Evict unpinned segments (oldest first) for ``need`` bytes, or refuse."""
+        budget = self.settings.max_bytes
+        if self._used + need <= budget:
+            return
+        for seq, size, _, _ in self._ring_segments():
+            self._evict(seq)
+            if self._used + need <= budget:
+                self.audit.append("pre_record_window_shrunk", reason="byte budget")
+                return
+        raise StoreFull(f"store full: {self._used} of {budget} bytes are pinned clips "
+                        "awaiting sync; nothing may be overwritten")
+
+    # -------------------------------------------------------------------- clips
+    def clip_is_open(self, clip_id: str) -> bool:
+        row = self.db.execute("SELECT state FROM clips WHERE clip_id=?", (clip_id,)).fetchone()
+        return row is not None and row[0] == "open"
+
+    def open_clip(self, *, press_mono_ns: int, started_utc_ns: int, clip_id: str | None = None,
+                  start_reason: str = "record_button") -> str:
+        """Pin the pre-record window (by rename) into a new clip and return its id."""
+        n, total = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM segments").fetchone()
+        one_segment = total // n if n else 0
+        if self.pinned_bytes() + one_segment > self.settings.max_bytes:
+            raise StoreFull(f"store full: {self.pinned_bytes()} of {self.settings.max_bytes} bytes "
+                            "are clips awaiting sync; cannot start a clip (dock the camera)")
+        clip_id = clip_id or f"{self.device.device_id}-{uuid.uuid4().hex[:12]}"
+        if self.db.execute("SELECT 1 FROM clips WHERE clip_id=?", (clip_id,)).fetchone():
+            raise StoreError(f"clip {clip_id} exists already")
+        clip_dir = self.clips / clip_id
+        mkdir_durable(clip_dir)
+        self._tx([("INSERT INTO clips(clip_id, state, officer_id, started_utc_ns, press_mono_ns, "
+                   "start_reason) VALUES (?, 'open', ?, ?, ?, ?)",
+                   (clip_id, self.officer_id, started_utc_ns, press_mono_ns, start_reason))])
+        # The newest contiguous run of this stream's unpinned segments, back to the first
+        # one that reaches the start of the window.
+        window_start = press_mono_ns - self.settings.pre_record_ns
+        chosen: list[int] = []
+        if self.settings.pre_record_ns > 0:
+            rows = self.db.execute(
+                "SELECT seq, start_mono_ns, stream_id FROM segments WHERE clip_id IS NULL "
+                "ORDER BY seq DESC").fetchall()
+            expect = None
+            for seq, start, stream in rows:
+                if stream != self.stream_id or (expect is not None and seq != expect):
+                    break
+                chosen.append(seq)
+                expect = seq - 1
+                if start <= window_start:
+                    break
+        for seq in sorted(chosen):
+            move_durable(self.ring / seg_name(seq), clip_dir)
+            self.db.execute("UPDATE segments SET clip_id=? WHERE seq=?", (clip_id, seq))
+        self.audit.append("record_start", clip_id=clip_id, reason=start_reason,
+                          pre_record_segments=len(chosen),
+                          first_seq=min(chosen) if chosen else None)
+        return clip_id
+
+    def close_clip(self, clip_id: str, *, stop_reason: str, stopped_utc_ns: int | None,
+                   notes: list[str] | None = None) -> str:
+        """Write the signed manifest durably, then mark the clip closed (idempotent)."""
+        row = self.db.execute("SELECT officer_id, started_utc_ns, start_reason, state, manifest_hash "
+                              "FROM clips WHERE clip_id=?", (clip_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no clip {clip_id}")
+        officer, started_utc, start_reason, state, old_hash = row
+        if state == "closed":
+            return old_hash
+        segs = [ClipSegmentRef(*r) for r in self.db.execute(
+            "SELECT seq, hash, stream_id, start_mono_ns, end_mono_ns FROM segments "
+            "WHERE clip_id=? ORDER BY seq", (clip_id,))]
+        if stopped_utc_ns is None:
+            last = self.db.execute("SELECT MAX(end_utc_ns) FROM segments WHERE clip_id=?",
+                                   (clip_id,)).fetchone()[0]
+            stopped_utc_ns = last if last is not None else started_utc
+        body = manifest_body(clip_id=clip_id, device_id=self.device.device_id, officer_id=officer,
+                             segments=segs, started_utc_ns=started_utc, stopped_utc_ns=stopped_utc_ns,
+                             start_reason=start_reason, stop_reason=stop_reason,
+                             pre_record_ns=self.settings.pre_record_ns,
+                             frame_interval_ns=self.settings.frame_interval_ns,
+                             closed_utc_ns=self.clock.utc_ns(), notes=notes or [])
+        data, mhash = build_manifest(body, self.keys.sign)
+        write_durable(self.clips / clip_id, MANIFEST_NAME, data)
+        self._tx([("UPDATE clips SET state='closed', stopped_utc_ns=?, stop_reason=?, "
+                   "manifest_hash=? WHERE clip_id=?", (stopped_utc_ns, stop_reason, mhash, clip_id))])
+        self.audit.append("record_stop", clip_id=clip_id, reason=stop_reason,
+                          segments=len(segs), manifest_hash=mhash, gaps=len(body["gaps"]))
+        return mhash
+
+    def clip_ids(self, state: str | None = None) -> list[str]:
+        q = "SELECT clip_id FROM clips" + (" WHERE state=?" if state else "") + " ORDER BY rowid"
+        return [r[0] for r in self.db.execute(q, (state,) if state else ())]
+
+    def clip_segments(self, clip_id: str) -> list[int]:
+        return [r[0] for r in self.db.execute(
+            "SELECT seq FROM segments WHERE clip_id=? ORDER BY seq", (clip_id,))]
+
+    def ring_seqs(self) -> list[int]:
+        return [r[0] for r in self._ring_segments()]
+
+    def close(self) -> None:
+        """Clean shutdown: recorded so the next start knows nothing was cut."""
+        self.audit.append("store_close", head_seq=self.head[0])
+        self._tx([("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '1')", ())])
+        self.db.close()

@@ -1,0 +1,155 @@
+"""Key storage: the device's Ed25519 signing key and the agency's age recipient.
+
+The device holds exactly two secrets-or-not: its own signing key (secret, 0600, never
+leaves the device) and the agency's *public* age recipient. It never holds anything
+that decrypts footage (DESIGN invariant 1). A secure element or TPM can replace
+``FileKeyStore`` behind the same three methods.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+DEVICE_KEY_FILE = "device.key"  # PEM PKCS#8 Ed25519 private key, mode 0600
+DEVICE_RECORD_FILE = "device.json"  # {"device_id": ..., "public_key": hex}
+AGENCY_RECIPIENT_FILE = "agency.recipient"  # one line: age1...
+
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+
+
+class KeyStoreError(Exception):
+    """A key is missing, malformed or unsafely stored; the message says which file."""
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """What the back office keeps per device: its id and signature-verification key."""
+
+    device_id: str
+    public_key: bytes  # raw 32-byte Ed25519
+
+    def to_json(self) -> str:
+        return json.dumps({"device_id": self.device_id, "public_key": self.public_key.hex()},
+                          sort_keys=True) + "\n"
+
+    @staticmethod
+    def from_json(text: str, origin: str = "device record") -> "DeviceRecord":
+        try:
+            obj = json.loads(text)
+            dev, pub = obj["device_id"], bytes.fromhex(obj["public_key"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyStoreError(f"{origin}: not a device record ({exc})") from None
+        if not isinstance(dev, str) or not _DEVICE_ID.match(dev) or len(pub) != 32:
+            raise KeyStoreError(f"{origin}: device id or public key malformed")
+        return DeviceRecord(dev, pub)
+
+    def verifier(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.public_key)
+
+
+class KeyStore(Protocol):
+    def device(self) -> DeviceRecord: ...
+    def sign(self, message: bytes) -> bytes: ...
+    def agency_recipient(self) -> str: ...
+
+
+def validate_device_id(device_id: str) -> str:
+    if not _DEVICE_ID.match(device_id):
+        raise KeyStoreError(f"device id {device_id!r} must be 1-64 of [A-Za-z0-9._-]")
+    return device_id
+
+
+def validate_recipient(text: str, origin: str = "agency recipient") -> str:
+    text = text.strip()
+    if not _AGE_RECIPIENT.match(text):
+        raise KeyStoreError(f"{origin}: not an age X25519 recipient (expected 'age1…', 62 chars)")
+    return text
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileKeyStore:
+    """Keys in a directory. Refuses a signing key that group or others could read."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._key: Ed25519PrivateKey | None = None
+        self._record: DeviceRecord | None = None
+
+    @staticmethod
+    def create(directory: Path, device_id: str, agency_recipient: str) -> "FileKeyStore":
+        """Generate the device key on the device (it never leaves) and store the recipient."""
+        validate_device_id(device_id)
+        agency_recipient = validate_recipient(agency_recipient)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if (directory / DEVICE_KEY_FILE).exists():
+            raise KeyStoreError(f"{directory / DEVICE_KEY_FILE} exists; refusing to replace a device key")
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        _write_private(directory / DEVICE_KEY_FILE, pem)
+        pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        (directory / DEVICE_RECORD_FILE).write_text(DeviceRecord(device_id, pub).to_json())
+        (directory / AGENCY_RECIPIENT_FILE).write_text(agency_recipient + "\n")
+        return FileKeyStore(directory)
+
+    def _load_key(self) -> Ed25519PrivateKey:
+        if self._key is None:
+            path = self.directory / DEVICE_KEY_FILE
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                raise KeyStoreError(f"device signing key missing: {path} (run 'bwv keys device')") from None
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                raise KeyStoreError(f"{path} is readable by group/others (mode "
+                                f"{stat.S_IMODE(st.st_mode):04o}); refusing to use it — chmod 600")
+            try:
+                key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except (ValueError, TypeError) as exc:
+                raise KeyStoreError(f"{path}: not a PEM private key ({exc})") from None
+            if not isinstance(key, Ed25519PrivateKey):
+                raise KeyStoreError(f"{path}: not an Ed25519 key")
+            self._key = key
+        return self._key
+
+    def device(self) -> DeviceRecord:
+        if self._record is None:
+            path = self.directory / DEVICE_RECORD_FILE
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                raise KeyStoreError(f"device record missing: {path} (run 'bwv keys device')") from None
+            record = DeviceRecord.from_json(text, str(path))
+            pub = self._load_key().public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            if pub != record.public_key:
+                raise KeyStoreError(f"{path}: public key does not match {DEVICE_KEY_FILE}")
+            self._record = record
+        return self._record
+
+    def sign(self, message: bytes) -> bytes:
+        return self._load_key().sign(message)
+
+    def agency_recipient(self) -> str:
+        path = self.directory / AGENCY_RECIPIENT_FILE
+        try:
+            return validate_recipient(path.read_text(), str(path))
+        except FileNotFoundError:
+            raise KeyStoreError(f"agency recipient missing: {path}") from None

@@ -1,0 +1,197 @@
+"""The ``bwv`` command: keys, the simulated camera, verify and export.
+
+Every error a person can cause (bad config, missing key, wrong path, tampered data) is
+one line on stderr and a non-zero exit, never a traceback: 2 for "cannot do that",
+1 for "verification failed".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from buffer.export import ExportError, export_clip
+from buffer.store import StoreError
+from buffer.verify import VerifyInputError, load_device_record, verify_path
+from drivers.keystore import FileKeyStore, KeyStoreError
+from firmware import config as config_mod
+from firmware.config import ConfigError
+from firmware.log import setup as setup_logging
+from hw_sim.runner import ScenarioError
+
+EXIT_FAILED_VERIFY = 1
+EXIT_ERROR = 2
+
+
+class CliError(Exception):
+    pass
+
+
+def _progress(label: str):
+    """A one-line progress indicator on stderr for work a person watches."""
+    tty = sys.stderr.isatty()
+    last = [-1]
+
+    def show(done: float, total: float) -> None:
+        pct = int(100.0 * done / total) if total else 100
+        if tty:
+            end = "\n" if done >= total else ""
+            print(f"\r{label}: {done:.0f}/{total:.0f} ({pct:3d}%)", end=end, file=sys.stderr, flush=True)
+        elif pct // 25 != last[0] // 25 or done >= total:  # logs and pipes: a line per quarter
+            last[0] = pct
+            print(f"{label}: {done:.0f}/{total:.0f} ({pct}%)", file=sys.stderr, flush=True)
+    return show
+
+
+def cmd_keys_agency(args) -> int:
+    from hw_sim.runner import write_agency_identity
+    out = Path(args.out)
+    if (out / "agency.key").exists():
+        raise CliError(f"{out / 'agency.key'} exists; refusing to overwrite an agency identity")
+    recipient = write_agency_identity(out)
+    print(json.dumps({"identity": str(out / "agency.key"), "recipient": recipient}))
+    return 0
+
+
+def cmd_keys_device(args) -> int:
+    recipient = args.recipient
+    if args.recipient_file:
+        recipient = Path(args.recipient_file).read_text().strip()
+    if not recipient:
+        raise CliError("give the agency recipient with --recipient age1… or --recipient-file")
+    ks = FileKeyStore.create(Path(args.dir), args.id, recipient)
+    print(ks.device().to_json(), end="")
+    return 0
+
+
+def cmd_sim(args) -> int:
+    from hw_sim import runner
+    cfg = config_mod.load(Path(args.config) if args.config else None)
+    setup_logging(cfg.log.level)
+    scenario = runner.load_scenario(Path(args.scenario)) if args.scenario else runner.default_scenario()
+    speed = None if args.speed == 0 else args.speed
+    res = runner.run(cfg, Path(args.workdir), scenario, speed=speed, threaded=args.threaded,
+                     ack_log=Path(args.ack_log) if args.ack_log else None,
+                     progress=None if args.quiet else _progress("simulated shift (s)"))
+    print(json.dumps({"store": str(res.store_dir), "identity": str(res.identity),
+                      "frames": res.frames, "segments_acknowledged": len(res.acks),
+                      "clips": res.clip_ids}))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    report = verify_path(Path(args.path), Path(args.device_key) if args.device_key else None)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        _print_verify(report)
+    return 0 if report.ok else EXIT_FAILED_VERIFY
+
+
+def _print_verify(report) -> None:
+    from buffer.verify import ClipReport
+    clips = [report] if isinstance(report, ClipReport) else report.clips
+    print(f"device key: {report.key_source}")
+    for c in clips:
+        n_ok = sum(1 for s in c.segments if not s.failures)
+        print(f"clip {c.clip_id}: {'OK' if c.ok else 'FAILED'} "
+              f"({n_ok}/{len(c.segments)} segments authentic, {len(c.gaps)} gap(s))")
+        for g in c.gaps:
+            print(f"  GAP after seq {g.get('after_seq')} before seq {g.get('before_seq')}: "
+                  f"{g.get('reason')}")
+    if not isinstance(report, ClipReport):
+        n_ok = sum(1 for s in report.ring if not s.failures)
+        print(f"ring: {n_ok}/{len(report.ring)} segments authentic")
+        print(f"audit log: {report.audit_records} records, "
+              f"{'OK' if not report.audit_problems else 'FAILED'}")
+    for line in report.all_failures():
+        print(f"FAIL {line}")
+    print("RESULT: " + ("OK" if report.ok else "FAILED"))
+
+
+def cmd_export(args) -> int:
+    device = load_device_record(Path(args.device_key)) if args.device_key else None
+    res = export_clip(Path(args.clip), Path(args.identity), Path(args.output), device=device,
+                      key_source=args.device_key or "given",
+                      progress=_progress("decrypting segments"))
+    print(json.dumps({"mp4": str(res.mp4), "report": str(res.report_path),
+                      "frames": res.report["frame_count"],
+                      "frames_checked_against_signatures": res.report["frames_checked_against_signatures"],
+                      "gaps": len(res.report["gaps"])}))
+    return 0
+
+
+def cmd_config(args) -> int:
+    if args.defaults:
+        print(config_mod.defaults_markdown())
+        return 0
+    cfg = config_mod.load(Path(args.check))
+    print(f"{cfg.source}: OK")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bwv", description="body-worn video camera agent")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    keys = sub.add_parser("keys", help="make keys").add_subparsers(dest="which", required=True)
+    ka = keys.add_parser("agency", help="agency age identity + recipient (back office)")
+    ka.add_argument("--out", required=True, help="directory for agency.key and agency.recipient")
+    ka.set_defaults(fn=cmd_keys_agency)
+    kd = keys.add_parser("device", help="device id + Ed25519 signing key (on the device)")
+    kd.add_argument("--dir", required=True)
+    kd.add_argument("--id", required=True, help="device id, e.g. the serial number")
+    kd.add_argument("--recipient", default="", help="agency age recipient (age1…)")
+    kd.add_argument("--recipient-file", default="")
+    kd.set_defaults(fn=cmd_keys_device)
+
+    s = sub.add_parser("sim", help="run the camera on simulated hardware")
+    s.add_argument("--config")
+    s.add_argument("--workdir", default="out/sim")
+    s.add_argument("--scenario", help="scenario TOML (default: buffer 60 s, record 30 s)")
+    s.add_argument("--speed", type=float, default=0,
+                   help="virtual seconds per real second (0 = as fast as possible)")
+    s.add_argument("--threaded", action="store_true", help="seal on a worker thread, as on the Pi")
+    s.add_argument("--ack-log", help="append each acknowledged segment as a JSON line")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_sim)
+
+    v = sub.add_parser("verify", help="verify a clip or a whole store (no secret key needed)")
+    v.add_argument("path")
+    v.add_argument("--device-key", help="the device record (device.json) to trust")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(fn=cmd_verify)
+
+    e = sub.add_parser("export", help="verify, decrypt and remux a clip to MP4 + report")
+    e.add_argument("clip")
+    e.add_argument("--identity", required=True, help="agency age identity file")
+    e.add_argument("-o", "--output", required=True)
+    e.add_argument("--device-key")
+    e.set_defaults(fn=cmd_export)
+
+    c = sub.add_parser("config", help="show defaults or check a config file")
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--defaults", action="store_true")
+    g.add_argument("--check", metavar="FILE")
+    c.set_defaults(fn=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (CliError, ConfigError, KeyStoreError, StoreError, VerifyInputError, ExportError,
+            ScenarioError) as exc:
+        print(f"bwv: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"bwv: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

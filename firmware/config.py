@@ -1,0 +1,165 @@
+"""The one configuration file (TOML), validated at start-up.
+
+Every key has a type, a default and a range here; the README's configuration table is
+generated from ``SCHEMA`` (``bwv config --defaults``) so the two cannot drift. A wrong
+value or an unknown key is refused with its dotted name: a camera that silently ignores
+a typo in ``pre_record_seconds`` would record the wrong evidence window.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """An invalid configuration; the message starts with the offending key."""
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type
+    default: Any
+    doc: str
+    min: float | None = None
+    max: float | None = None
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "device": {
+        "officer_id": Key(str, "UNASSIGNED", "officer id burned into frames and written in manifests"),
+        "keys_dir": Key(str, "/var/lib/bwv/keys", "device signing key, device record, agency recipient"),
+        "store_dir": Key(str, "/var/lib/bwv/store", "sealed segments, clips, index, audit log"),
+    },
+    "camera": {
+        "width": Key(int, 1280, "frame width (1920 for 1080p)", 160, 4096),
+        "height": Key(int, 720, "frame height (1080 for 1080p)", 120, 2160),
+        "fps": Key(int, 30, "frames per second", 1, 60),
+        "bitrate": Key(int, 8_000_000, "H.264 bitrate, bit/s", 100_000, 50_000_000),
+        "segment_seconds": Key(float, 2.0, "segment length = key-frame interval, s", 0.5, 10.0),
+    },
+    "buffer": {
+        "pre_record_seconds": Key(int, 30, "pre-record window kept while buffering, s", 0, 120),
+        "max_bytes": Key(int, 8 * 1024**3, "byte budget of the store", 1024**2, 2**50),
+        "nearly_full_fraction": Key(float, 0.9, "pinned share of the budget that raises the "
+                                    "storage-nearly-full alarm", 0.1, 1.0),
+    },
+    "controls": {
+        "record_button": Key(int, 17, "BCM pin of the record button (active low)", 0, 27),
+        "function_button": Key(int, 27, "BCM pin of the function button (active low)", 0, 27),
+        "green_led": Key(int, 22, "BCM pin of the green LED", 0, 27),
+        "red_led": Key(int, 23, "BCM pin of the red LED", 0, 27),
+        "haptic": Key(int, 24, "BCM pin of the vibration motor driver", 0, 27),
+        "buzzer": Key(int, 25, "BCM pin of the buzzer", 0, 27),
+        "debounce_ms": Key(int, 30, "software debounce of both buttons, ms", 1, 500),
+        "double_press_ms": Key(int, 600, "second press within this starts recording, ms", 100, 2000),
+        "hold_ms": Key(int, 3000, "holding record this long stops recording, ms", 500, 10000),
+    },
+    "log": {
+        "level": Key(str, "info", "debug | info | warning | error"),
+    },
+}
+_LOG_LEVELS = {"debug", "info", "warning", "error"}
+
+
+class Section:
+    """Attribute access to one validated section (``cfg.camera.fps``)."""
+
+    def __init__(self, name: str, values: dict[str, Any]) -> None:
+        self._name = name
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        items = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        return f"Section({self._name}, {items})"
+
+
+class Config:
+    def __init__(self, values: dict[str, dict[str, Any]], source: str) -> None:
+        self.source = source
+        self.values = values
+        for name, section in values.items():
+            setattr(self, name, Section(name, section))
+
+    def with_overrides(self, **dotted: Any) -> "Config":
+        """A copy with ``section__key=value`` overrides, validated like the file."""
+        raw = {s: dict(v) for s, v in self.values.items()}
+        for k, v in dotted.items():
+            sect, key = k.split("__", 1)
+            raw[sect][key] = v
+        return validate(raw, self.source)
+
+
+def _check(section: str, key: str, spec: Key, value: Any) -> Any:
+    name = f"{section}.{key}"
+    if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, spec.type):
+        raise ConfigError(f"{name}: expected {spec.type.__name__}, got {type(value).__name__} ({value!r})")
+    if spec.min is not None and value < spec.min:
+        raise ConfigError(f"{name}: {value} is below the minimum {spec.min:g}")
+    if spec.max is not None and value > spec.max:
+        raise ConfigError(f"{name}: {value} is above the maximum {spec.max:g}")
+    if isinstance(value, str) and not value.strip():
+        raise ConfigError(f"{name}: must not be empty")
+    return value
+
+
+def validate(raw: dict[str, Any], source: str = "<defaults>") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError("configuration must be a TOML table")
+    for section in raw:
+        if section not in SCHEMA:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(SCHEMA)})")
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{section}: must be a table")
+        for key in given:
+            if key not in keys:
+                raise ConfigError(f"{section}.{key}: unknown key")
+        values[section] = {k: _check(section, k, spec, given.get(k, spec.default))
+                           for k, spec in keys.items()}
+    if values["log"]["level"] not in _LOG_LEVELS:
+        raise ConfigError(f"log.level: {values['log']['level']!r} is not one of {sorted(_LOG_LEVELS)}")
+    c = values["controls"]
+    if c["double_press_ms"] >= c["hold_ms"]:
+        raise ConfigError("controls.double_press_ms: must be shorter than controls.hold_ms")
+    if c["debounce_ms"] >= c["double_press_ms"]:
+        raise ConfigError("controls.debounce_ms: must be shorter than controls.double_press_ms")
+    pins = [c[k] for k in ("record_button", "function_button", "green_led", "red_led", "haptic", "buzzer")]
+    if len(set(pins)) != len(pins):
+        raise ConfigError("controls: two functions share one pin")
+    cam = values["camera"]
+    if cam["width"] % 2 or cam["height"] % 2:
+        raise ConfigError("camera.width: width and height must be even (4:2:0 video)")
+    return Config(values, source)
+
+
+def load(path: Path | None) -> Config:
+    """Read and validate; ``None`` means all defaults."""
+    if path is None:
+        return validate({})
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return validate(raw, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def defaults_markdown() -> str:
+    """The README's configuration table, generated from SCHEMA."""
+    lines = ["| key | default | range | meaning |", "|---|---|---|---|"]
+    for section, keys in SCHEMA.items():
+        for key, spec in keys.items():
+            rng = "" if spec.min is None else f"{spec.min:g} – {spec.max:g}"
+            lines.append(f"| `{section}.{key}` | `{spec.default!r}` | {rng} | {spec.doc} |")
+    return "\n".join(lines)
