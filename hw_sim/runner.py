@@ -134,10 +134,11 @@ class SimResult:
 def run(cfg: Config, workdir: Path, scenario: Scenario, *, speed: float | None = None,
         threaded: bool = False, ack_log: Path | None = None,
         on_frame: Callable[[int, SimClock], None] | None = None,
-        progress: Callable[[float, float], None] | None = None) -> SimResult:
+        progress: Callable[[float, float], None] | None = None,
+        device_id: str = SIM_DEVICE_ID) -> SimResult:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    keys, identity = ensure_keys(workdir)
+    keys, identity = ensure_keys(workdir, device_id)
     store_dir = workdir / "store"
     clock = SimClock(speed=speed)
     cam_cfg = cfg.camera
