@@ -201,6 +201,14 @@ class Agent:
                 self._apply_fault(*self._faults.popleft())
             self.feedback.poll(now)
 
+    def next_deadline_ns(self) -> int | None:
+        """When ``poll`` next has something to do (a ticker may sleep until then)."""
+        with self._lock:
+            now = self.clock.monotonic_ns()
+            candidates = [self._record_btn.next_deadline_ns(), self._function_btn.next_deadline_ns(),
+                          self.feedback.next_change_ns(now)]
+            return min((c for c in candidates if c is not None), default=None)
+
     # ------------------------------------------------------------ state machine
     def _on_record_gesture(self, g: Gesture) -> None:
         now = self.clock.monotonic_ns()

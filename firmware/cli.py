@@ -122,6 +122,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_recover(args) -> int:
+    """Run the store's power-loss recovery on its own (what the agent does at start)."""
+    from buffer.store import Store, StoreSettings
+    from drivers.clock import SystemClock
+    from hw_sim.clock import SimClock
+    cfg = config_mod.load(Path(args.config) if args.config else None)
+    keys = FileKeyStore(Path(args.keys or cfg.device.keys_dir))
+    clock = SimClock() if args.sim_clock else SystemClock()
+    store = Store.open(Path(args.store or cfg.device.store_dir), keys, clock,
+                       StoreSettings(pre_record_ns=cfg.buffer.pre_record_seconds * 10**9,
+                                     max_bytes=cfg.buffer.max_bytes),
+                       officer_id=cfg.device.officer_id)
+    report = store.recovery.as_dict()
+    store.close()
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
 def cmd_config(args) -> int:
     if args.defaults:
         print(config_mod.defaults_markdown())
@@ -169,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--device-key")
     e.set_defaults(fn=cmd_export)
+
+    r = sub.add_parser("recover", help="run power-loss recovery on a store and report")
+    r.add_argument("--config")
+    r.add_argument("--store", help="store directory (default: device.store_dir)")
+    r.add_argument("--keys", help="device key directory (default: device.keys_dir)")
+    r.add_argument("--sim-clock", action="store_true", help="stamp audit records with the simulated clock")
+    r.set_defaults(fn=cmd_recover)
 
     c = sub.add_parser("config", help="show defaults or check a config file")
     g = c.add_mutually_exclusive_group(required=True)

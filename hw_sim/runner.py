@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,85 +132,129 @@ class SimResult:
     agent: Agent | None = None
 
 
+class Rig:
+    """The whole camera on simulated hardware: clock, camera, pins, and the real agent.
+
+    ``advance(seconds)`` runs virtual time forward in 10 ms ticks, delivering a frame at
+    every frame time and letting the agent poll; ``press``/``release`` drive the mock
+    pins at the current instant. Tests use it directly; ``run`` drives it from a
+    scenario.
+    """
+
+    def __init__(self, cfg: Config, workdir: Path, *, speed: float | None = None,
+                 threaded: bool = False, ack_log: Path | None = None,
+                 device_id: str = SIM_DEVICE_ID, utc_start_ns: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.keys, identity = ensure_keys(self.workdir, device_id)
+        if utc_start_ns is None:
+            utc_start_ns = time.time_ns() // 10**9 * 10**9  # the simulated RTC, set from the host
+        self.clock = SimClock(speed=speed, utc_start_ns=utc_start_ns)
+        cam = cfg.camera
+        keyint = max(1, round(cam.fps * cam.segment_seconds))
+        self.camera = SimCamera(self.clock, width=cam.width, height=cam.height, fps=cam.fps,
+                                bitrate=cam.bitrate, keyframe_interval=keyint,
+                                serial=self.keys.device().device_id)
+        c = cfg.controls
+        self.pins = ControlPins(record_button=c.record_button, function_button=c.function_button,
+                                green_led=c.green_led, red_led=c.red_led, haptic=c.haptic,
+                                buzzer=c.buzzer)
+        self.gpio = SimGpio(self.clock, self.pins)
+        self.controls = Controls(self.pins, pin_factory=self.gpio.factory)
+        self.result = SimResult(store_dir=self.workdir / "store", identity=identity)
+        self._ack_file = open(ack_log, "a", buffering=1) if ack_log else None
+        self.agent = Agent(cfg, clock=self.clock, camera=self.camera, controls=self.controls,
+                           keys=self.keys, store_dir=self.result.store_dir, threaded=threaded,
+                           on_ack=self._on_ack)
+        self.result.agent = self.agent
+        self._next_frame_ns = 0
+        self._closed = False
+
+    def _on_ack(self, ack: Ack) -> None:
+        self.result.acks.append(ack)
+        if self._ack_file:  # outside the store: what the camera promised, for crash tests
+            self._ack_file.write(json.dumps({"seq": ack.seq, "hash": ack.hash,
+                                             "clip_id": ack.clip_id}) + "\n")
+            self._ack_file.flush()
+            os.fsync(self._ack_file.fileno())
+
+    def start(self) -> "Rig":
+        self.agent.start()
+        self._next_frame_ns = self.clock.monotonic_ns()
+        return self
+
+    def now_s(self) -> float:
+        return self.clock.monotonic_ns() / 1e9
+
+    def press(self, button: str = "record") -> None:
+        self.gpio.press(button)
+        if button == "record":
+            self.result.press_mono_ns.append(self.clock.monotonic_ns())
+        self.agent.poll()
+
+    def release(self, button: str = "record") -> None:
+        self.gpio.release(button)
+        self.agent.poll()
+
+    def advance_to_ns(self, target: int) -> None:
+        """Run virtual time to ``target``: ticks, frames at their times, agent polls."""
+        while True:
+            now = self.clock.monotonic_ns()
+            if now >= self._next_frame_ns and self._next_frame_ns <= target:
+                self.camera.capture_next()
+                self.result.frames += 1
+                self._next_frame_ns += self.camera.frame_interval_ns
+                continue
+            if now >= target:
+                return
+            due = self.agent.next_deadline_ns()
+            step = min(now + TICK_NS, self._next_frame_ns, target)
+            if due is not None and now < due < step:
+                step = due  # poll exactly when a hold, blink or buzz is due
+            self.clock.advance_to(step)
+            self.agent.poll()
+
+    def advance(self, seconds: float) -> None:
+        self.advance_to_ns(self.clock.monotonic_ns() + int(seconds * 1e9))
+
+    def close(self) -> SimResult:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.agent.stop()
+            finally:
+                self.controls.close()
+                self.gpio.close()
+                if self._ack_file:
+                    self._ack_file.close()
+        clips = self.result.store_dir / "clips"
+        self.result.clip_ids = sorted(p.name for p in clips.iterdir() if p.is_dir()) \
+            if clips.is_dir() else []
+        return self.result
+
+
 def run(cfg: Config, workdir: Path, scenario: Scenario, *, speed: float | None = None,
         threaded: bool = False, ack_log: Path | None = None,
-        on_frame: Callable[[int, SimClock], None] | None = None,
         progress: Callable[[float, float], None] | None = None,
-        device_id: str = SIM_DEVICE_ID) -> SimResult:
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    keys, identity = ensure_keys(workdir, device_id)
-    store_dir = workdir / "store"
-    clock = SimClock(speed=speed)
-    cam_cfg = cfg.camera
-    keyint = max(1, round(cam_cfg.fps * cam_cfg.segment_seconds))
-    camera = SimCamera(clock, width=cam_cfg.width, height=cam_cfg.height, fps=cam_cfg.fps,
-                       bitrate=cam_cfg.bitrate, keyframe_interval=keyint,
-                       serial=keys.device().device_id)
-    c = cfg.controls
-    pins = ControlPins(record_button=c.record_button, function_button=c.function_button,
-                       green_led=c.green_led, red_led=c.red_led, haptic=c.haptic, buzzer=c.buzzer)
-    gpio = SimGpio(clock, pins)
-    controls = Controls(pins, pin_factory=gpio.factory)
-    result = SimResult(store_dir=store_dir, identity=identity)
-    ack_file = open(ack_log, "a", buffering=1) if ack_log else None
+        device_id: str = SIM_DEVICE_ID, utc_start_ns: int | None = None) -> SimResult:
+    """Run a scenario from power-on to a clean stop at ``scenario.end_s``.
 
-    def on_ack(ack: Ack) -> None:
-        result.acks.append(ack)
-        if ack_file:  # outside the store: what the camera promised, for crash tests
-            ack_file.write(json.dumps({"seq": ack.seq, "hash": ack.hash, "clip_id": ack.clip_id}) + "\n")
-            ack_file.flush()
-            os.fsync(ack_file.fileno())
-
-    agent = Agent(cfg, clock=clock, camera=camera, controls=controls, keys=keys,
-                  store_dir=store_dir, threaded=threaded, on_ack=on_ack)
-    result.agent = agent
-    agent.start()
-    t0 = clock.monotonic_ns()
-    frame_ns = camera.frame_interval_ns
-    end_ns = t0 + int(scenario.end_s * 1e9)
-    steps = sorted(scenario.steps, key=lambda s: s.at_s)
-    i = 0
+    The simulated RTC starts at the host's UTC unless told otherwise, so a store that a
+    later run reopens keeps moving forward in wall time."""
+    rig = Rig(cfg, workdir, speed=speed, threaded=threaded, ack_log=ack_log,
+              device_id=device_id, utc_start_ns=utc_start_ns).start()
+    t0 = rig.clock.monotonic_ns()
     try:
-        frame = 0
-        while True:
-            frame_at = t0 + frame * frame_ns
-            if frame_at >= end_ns:
+        for step in sorted(scenario.steps, key=lambda s: s.at_s):
+            if step.at_s > scenario.end_s:
                 break
-            # Ticks and scripted button edges up to the next frame, in time order.
-            now = clock.monotonic_ns()
-            while True:
-                next_step = t0 + int(steps[i].at_s * 1e9) if i < len(steps) else None
-                tick = min(now + TICK_NS, frame_at)
-                if next_step is not None and next_step <= tick:
-                    clock.advance_to(max(next_step, now))
-                    s = steps[i]
-                    i += 1
-                    if s.action == "press":
-                        gpio.press(s.button)
-                        if s.button == "record":
-                            result.press_mono_ns.append(clock.monotonic_ns())
-                    else:
-                        gpio.release(s.button)
-                else:
-                    clock.advance_to(tick)
-                agent.poll()
-                now = clock.monotonic_ns()
-                if now >= frame_at:
-                    break
-            camera.capture_next()
-            frame += 1
-            if on_frame:
-                on_frame(frame, clock)
-            if progress and frame % (cam_cfg.fps * 10) == 0:
-                progress((frame_at - t0) / 1e9, scenario.end_s)
-        result.frames = frame
+            rig.advance_to_ns(t0 + int(step.at_s * 1e9))
+            (rig.press if step.action == "press" else rig.release)(step.button)
+            if progress:
+                progress(step.at_s, scenario.end_s)
+        rig.advance_to_ns(t0 + int(scenario.end_s * 1e9))
+        if progress:
+            progress(scenario.end_s, scenario.end_s)
     finally:
-        agent.stop()
-        controls.close()
-        gpio.close()
-        if ack_file:
-            ack_file.close()
-    clips = store_dir / "clips"
-    result.clip_ids = sorted(p.name for p in clips.iterdir() if p.is_dir()) if clips.is_dir() else []
+        result = rig.close()
     return result
