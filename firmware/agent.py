@@ -117,6 +117,7 @@ class Agent:
         self._stopping_clip = False
         self._stop_request_utc: int | None = None
         self.fault: str | None = None
+        self._nearly_full_raised = False  # touched by the store worker only
         # Faults reported by the store worker; consumed by poll() under the lock, so the
         # worker never waits for the agent lock (the capture thread may hold it while it
         # waits for room in the worker's queue).
@@ -278,6 +279,12 @@ class Agent:
                 self._faults.append((str(exc), clip_id))
                 return
             self.stats.segments_acked += 1
+            if not self._nearly_full_raised and self._store.nearly_full():
+                self._nearly_full_raised = True
+                self._store.audit.append("alarm", kind="storage_nearly_full",
+                                         pinned_bytes=self._store.pinned_bytes())
+                event(log, "storage nearly full", level=logging.WARNING,
+                      pinned_bytes=self._store.pinned_bytes())
             event(log, "segment", level=logging.DEBUG, seq=ack.seq, clip_id=clip_id, size=ack.size)
             if self.on_ack:
                 self.on_ack(ack)

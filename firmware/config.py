@@ -160,6 +160,9 @@ def defaults_markdown() -> str:
     lines = ["| key | default | range | meaning |", "|---|---|---|---|"]
     for section, keys in SCHEMA.items():
         for key, spec in keys.items():
-            rng = "" if spec.min is None else f"{spec.min:g} – {spec.max:g}"
-            lines.append(f"| `{section}.{key}` | `{spec.default!r}` | {rng} | {spec.doc} |")
+            fmt = (lambda v: f"{int(v)}") if spec.type is int else (lambda v: f"{v:g}")
+            rng = "" if spec.min is None else f"{fmt(spec.min)} – {fmt(spec.max)}"
+            default = f"{spec.default!r}".replace("'", '"')
+            doc = spec.doc.replace("|", "\\|")
+            lines.append(f"| `{section}.{key}` | `{default}` | {rng} | {doc} |")
     return "\n".join(lines)

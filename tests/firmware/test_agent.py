@@ -184,6 +184,7 @@ def test_storage_full_stops_the_clip_and_never_evicts_it(tmp_path):
     audit = (res.store_dir / "audit.log").read_text()
     assert '"kind":"storage_full"' in audit
     assert '"refused_clip":' in audit
+    assert audit.index('"kind":"storage_nearly_full"') < audit.index('"kind":"storage_full"')
 
 
 def test_threaded_store_worker_as_on_the_pi(tmp_path):
