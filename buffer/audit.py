@@ -125,7 +125,9 @@ def verify_audit(path: Path, verify_sig: Callable[[bytes, bytes], bool],
         try:
             body_bytes, sig = _parse_line(line, lineno)
             body = json.loads(body_bytes)
-        except (AuditError, ValueError) as exc:
+            if not isinstance(body, dict):
+                raise AuditError("body is not a JSON object")
+        except (AuditError, ValueError, RecursionError) as exc:
             problems.append(f"audit line {lineno}: malformed ({exc})")
             prev = hashlib.sha256(line).hexdigest()
             continue

@@ -53,6 +53,8 @@ class Envelope:
             obj = json.loads(self.body_bytes.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise EnvelopeError(f"body is not UTF-8 JSON ({exc})") from None
+        except RecursionError:  # a crafted body of deeply nested arrays/objects
+            raise EnvelopeError("body JSON is nested too deeply") from None
         if not isinstance(obj, dict):
             raise EnvelopeError("body is not a JSON object")
         return obj

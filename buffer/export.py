@@ -59,11 +59,11 @@ class ExportResult:
     report: dict
 
 
-def _decrypt(payload: bytes, identity, seq: int) -> bytes:
+def _decrypt(payload: bytes, identity, seq: int, identity_path: Path | str = "this identity") -> bytes:
     try:
         return pyrage.decrypt(payload, [identity])
     except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"segment {seq}: cannot decrypt with this identity ({exc}); "
+        raise ExportError(f"segment {seq}: cannot decrypt with identity {identity_path} ({exc}); "
                           "is it the agency key this camera encrypts to?") from None
 
 
@@ -112,6 +112,12 @@ def export_clip(clip_dir: Path, identity_path: Path, out_mp4: Path, *,
         raise ExportError("clip failed verification; refusing to export:\n  "
                           + "\n  ".join(report.all_failures()))
     identity = load_identity(identity_path)
+    mine = str(identity.to_public())
+    for seg in report.segments:  # the signed header names the recipient: fail early and clearly
+        theirs = (seg.header or {}).get("payload", {}).get("recipient")
+        if theirs != mine:
+            raise ExportError(f"identity {identity_path} is for recipient {mine}, but segment "
+                              f"{seg.seq} is encrypted to {theirs}: wrong agency identity")
     out_mp4 = Path(out_mp4)
     out_mp4.parent.mkdir(parents=True, exist_ok=True)
     ts_parts, expected = [], []
@@ -119,7 +125,7 @@ def export_clip(clip_dir: Path, identity_path: Path, out_mp4: Path, *,
     for i, seg in enumerate(report.segments):
         data = (Path(clip_dir) / seg.file).read_bytes()
         env = envelope.parse(data, envelope.SEGMENT_MAGIC)
-        ts_parts.append(_decrypt(data[env.payload_offset:], identity, seg.seq or -1))
+        ts_parts.append(_decrypt(data[env.payload_offset:], identity, seg.seq or -1, identity_path))
         expected += list(seg.header["frame_hashes"])  # type: ignore[index]
         if progress:
             progress(i + 1, total)

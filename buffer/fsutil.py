@@ -43,9 +43,35 @@ def write_durable(directory: Path, name: str, data: bytes, mode: int = 0o640) ->
     return final
 
 
-def move_durable(src: Path, dst_dir: Path) -> Path:
-    """Rename within one filesystem (no copy) and make both directory entries durable."""
+def move_durable(src: Path, dst_dir: Path, *, no_replace: bool = False) -> Path:
+    """Rename within one filesystem (no copy) and make both directory entries durable.
+
+    With ``no_replace`` an existing file of the same name in ``dst_dir`` is never
+    replaced: the moved file gets a ``.1``, ``.2``… suffix instead (quarantine keeps
+    everything it is given).
+    """
     dst = dst_dir / src.name
+    if no_replace:
+        n = 0
+        while True:
+            try:  # link(2) fails if the name exists: no check-then-rename race
+                os.link(src, dst)
+            except FileExistsError:
+                n += 1
+                dst = dst_dir / f"{src.name}.{n}"
+                continue
+            except OSError:  # no hard links on this filesystem (FAT): check, then rename
+                if not os.path.lexists(dst):
+                    os.rename(src, dst)
+                    break
+                n += 1
+                dst = dst_dir / f"{src.name}.{n}"
+                continue
+            os.unlink(src)
+            break
+        fsync_dir(dst_dir)
+        fsync_dir(src.parent)
+        return dst
     os.rename(src, dst)
     fsync_dir(dst_dir)
     fsync_dir(src.parent)

@@ -154,7 +154,10 @@ class Store:
         self._check_marker()
         self.ring = self.root / "ring"
         self.clips = self.root / "clips"
-        self.db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None)
+        # Opened (and recovered) on the starting thread, then handed to the store worker:
+        # one thread at a time, never two at once, so the same-thread check is lifted.
+        self.db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
+                                  check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
@@ -274,8 +277,9 @@ class Store:
         except Exception as exc:  # noqa: BLE001 — anything unverifiable is quarantined, not deleted
             q = self.root / "quarantine"
             mkdir_durable(q)
-            move_durable(path, q)
-            self.recovery.quarantined.append(f"{path.name}: {exc}")
+            dst = move_durable(path, q, no_replace=True)  # never replaces an earlier one
+            self.recovery.quarantined.append(f"{path.relative_to(self.root)} -> "
+                                             f"{dst.relative_to(self.root)}: {exc}")
             return False
 
     # ------------------------------------------------------------------ writing

@@ -125,6 +125,9 @@ def check_segment_format(header: dict) -> None:
     required = ("seq", "stream_id", "prev_hash", "capture", "payload", "frame_hashes")
     if header.get("format") != SEGMENT_FORMAT or any(k not in header for k in required):
         raise EnvelopeMalformed(f"header is not {SEGMENT_FORMAT}")
+    if not (isinstance(header["capture"], dict) and isinstance(header["payload"], dict)
+            and isinstance(header["frame_hashes"], list)):
+        raise EnvelopeMalformed(f"header is not {SEGMENT_FORMAT} (field types)")
 
 
 def check_payload(data: bytes, env: envelope.Envelope, header: dict) -> None:
@@ -207,8 +210,13 @@ def verify_clip(clip_dir: Path, device: DeviceRecord | None = None,
     if manifest.get("clip_id") != clip_dir.name:
         report.failures.append(("ManifestInvalid", f"manifest is for clip {manifest.get('clip_id')!r}, "
                                                    f"directory is {clip_dir.name!r}"))
-    listed = [(int(s["seq"]), str(s["hash"])) for s in manifest["segments"]]
-    streams = set(manifest.get("streams", []))
+    try:  # reached with a manifest whose signature failed too: its body may be anything
+        listed = [(int(s["seq"]), str(s["hash"])) for s in manifest["segments"]]
+        streams = {str(x) for x in manifest.get("streams", [])}
+        gaps = [dict(g) for g in manifest.get("gaps", [])]
+    except (KeyError, TypeError, ValueError) as exc:
+        report.failures.append(("ManifestInvalid", f"manifest segment list or gaps malformed ({exc!r})"))
+        return report
     refs: list[ClipSegmentRef] = []
     prev_hash: str | None = None
     for seq, want_hash in listed:
@@ -248,7 +256,7 @@ def verify_clip(clip_dir: Path, device: DeviceRecord | None = None,
             verdict.fail(SegmentNotInManifest(f"{extra.name} is in the clip directory but not in "
                                               "the signed manifest (inserted)"), "unlisted")
             report.segments.append(verdict)
-    report.gaps = list(manifest.get("gaps", []))
+    report.gaps = gaps
     fps = next((s.header["video"]["fps"] for s in report.segments if s.header and
                 isinstance(s.header.get("video", {}).get("fps"), int)), 30)
     recorded = {(g.get("after_seq"), g.get("before_seq")) for g in report.gaps}
@@ -260,6 +268,25 @@ def verify_clip(clip_dir: Path, device: DeviceRecord | None = None,
         if s.status == "missing":
             report.gaps.append({"after_seq": (s.seq or 0) - 1, "before_seq": (s.seq or 0) + 1,
                                 "reason": "segment_missing", "duration_ns": None})
+    return report
+
+
+def _verify_unclosed_clip(clip_dir: Path, device: DeviceRecord, key_source: str) -> ClipReport:
+    """A clip directory without a manifest: never closed (recovery closes it on the
+    device) or its manifest was deleted. Either way nothing vouches for the set of files,
+    so it is a failure, and each file is still checked and named."""
+    report = ClipReport(clip_id=clip_dir.name, path=str(clip_dir), key_source=key_source)
+    report.failures.append(("ManifestInvalid", f"no {MANIFEST_NAME}: the clip was never closed "
+                            "(open the store on the device to recover it) or its manifest was deleted"))
+    for path in sorted(clip_dir.iterdir()):
+        seq = parse_seg_name(path.name)
+        if seq is None:
+            continue
+        verdict = SegmentVerdict(seq=seq, file=path.name)
+        check_segment(_read(path), device, verdict)
+        if verdict.header is not None and verdict.header.get("seq") != seq:
+            verdict.fail(SequenceMismatch(f"file {path.name} holds seq {verdict.header.get('seq')}"))
+        report.segments.append(verdict)
     return report
 
 
@@ -308,7 +335,8 @@ def verify_store(root: Path, device: DeviceRecord | None = None,
     for clip_dir in sorted(p for p in clips_dir.iterdir() if p.is_dir()) if clips_dir.is_dir() else []:
         if (clip_dir / MANIFEST_NAME).is_file():
             report.clips.append(verify_clip(clip_dir, device, key_source))
-        # A clip without a manifest is still open (recording); recovery closes it.
+        else:
+            report.clips.append(_verify_unclosed_clip(clip_dir, device, key_source))
     prev: tuple[int, str] | None = None
     ring = root / "ring"
     for path in sorted(ring.iterdir()) if ring.is_dir() else []:
