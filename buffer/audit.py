@@ -59,6 +59,7 @@ class AuditLog:
         self._clock = clock
         self._seq, self._prev = -1, GENESIS
         self.repaired_bytes = 0
+        self.damaged_tail = False
         self._recover_tail()
 
     def _recover_tail(self) -> None:
@@ -76,9 +77,16 @@ class AuditLog:
                 os.fsync(f.fileno())
         if keep:
             last = data[:keep - 1].rsplit(b"\n", 1)[-1]
-            body, _ = _parse_line(last, -1)
-            self._seq = int(json.loads(body)["seq"])
             self._prev = hashlib.sha256(last).hexdigest()
+            try:
+                body, _ = _parse_line(last, -1)
+                self._seq = int(json.loads(body)["seq"])
+            except (AuditError, ValueError, KeyError, TypeError):
+                # A damaged last record must not keep the camera from starting: the chain
+                # goes on from the damaged line's hash, so the damage stays visible to
+                # verify (named there), and the store records it as a fault.
+                self.damaged_tail = True
+                self._seq = data[:keep].count(b"\n") - 1
 
     @property
     def head(self) -> tuple[int, str]:
@@ -142,3 +150,23 @@ def verify_audit(path: Path, verify_sig: Callable[[bytes, bytes], bool],
         expect_seq = (body.get("seq") if isinstance(body.get("seq"), int) else expect_seq) + 1
         prev = hashlib.sha256(line).hexdigest()
     return count, problems
+
+
+def read_events(path: Path) -> list[dict]:
+    """Bodies of the well-formed records (for cross-checks); damaged lines are skipped —
+    ``verify_audit`` is what names them."""
+    out = []
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return out
+    for line in data.split(b"\n"):
+        if b"\t" not in line:
+            continue
+        try:
+            body = json.loads(line.rsplit(b"\t", 1)[0])
+        except ValueError:
+            continue
+        if isinstance(body, dict):
+            out.append(body)
+    return out

@@ -23,6 +23,7 @@ connection is created in that thread and never shared.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -95,6 +96,7 @@ class RecoveryReport:
     quarantined: list[str] = field(default_factory=list)
     closed_clips: list[str] = field(default_factory=list)
     audit_repaired_bytes: int = 0
+    audit_damaged_tail: bool = False
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -164,7 +166,8 @@ class Store:
         self.audit = AuditLog(self.root / "audit.log", device_id=self.device.device_id,
                               sign=keys.sign, clock=clock)
         self._used = 0
-        self.recovery = RecoveryReport(audit_repaired_bytes=self.audit.repaired_bytes)
+        self.recovery = RecoveryReport(audit_repaired_bytes=self.audit.repaired_bytes,
+                                       audit_damaged_tail=self.audit.damaged_tail)
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -248,7 +251,8 @@ class Store:
             self.audit.append("unclean_shutdown", head_seq=int(self._meta("head_seq", "-1")),
                               last_segment_end_utc=last_end)
         if any((rep.discarded_tmp, rep.finished_evictions, rep.reindexed, rep.missing,
-                rep.quarantined, rep.closed_clips, rep.audit_repaired_bytes)):
+                rep.quarantined, rep.closed_clips, rep.audit_repaired_bytes,
+                rep.audit_damaged_tail)):
             self.audit.append("recovery", **rep.as_dict())
         self._set_meta("clean_shutdown", "0")
         self.audit.append("store_open", stream_id=self.stream_id,
@@ -268,6 +272,8 @@ class Store:
                 raise envelope.EnvelopeError("header does not match file name or device")
             if h["payload"]["size"] != len(data) - env.payload_offset:
                 raise envelope.EnvelopeError("payload size differs from header")
+            if hashlib.sha256(data[env.payload_offset:]).hexdigest() != h["payload"]["sha256"]:
+                raise envelope.EnvelopeError("payload SHA-256 differs from header")
             cap = h["capture"]
             self._tx([("INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?)",
                        (seq, env.hash, h["stream_id"], clip_id, len(data), cap["start_mono_ns"],

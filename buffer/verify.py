@@ -44,6 +44,7 @@ class SegmentMissing(VerifyFailure): pass
 class SegmentNotInManifest(VerifyFailure): pass
 class ManifestInvalid(VerifyFailure): pass
 class AuditInvalid(VerifyFailure): pass
+class ClipMissing(VerifyFailure): pass
 
 
 class VerifyInputError(Exception):
@@ -363,7 +364,36 @@ def verify_store(root: Path, device: DeviceRecord | None = None,
                 return False
         report.audit_records, report.audit_problems = verify_audit(root / "audit.log", vsig,
                                                                    device.device_id)
+        report.audit_problems += check_clips_against_audit(root, report)
     return report
+
+
+def check_clips_against_audit(root: Path, report: "StoreReport") -> list[str]:
+    """Every clip the audit log says was closed must still be here with that manifest.
+
+    A whole clip directory deleted (manifest and all) leaves nothing for the per-clip
+    checks to find; the signed audit log still names it.
+    """
+    from buffer.audit import read_events
+    problems = []
+    present = {c.clip_id: c for c in report.clips}
+    for ev in read_events(root / "audit.log"):
+        if ev.get("event") != "record_stop" or not isinstance(ev.get("data"), dict):
+            continue
+        clip_id, mhash = ev["data"].get("clip_id"), ev["data"].get("manifest_hash")
+        if clip_id not in present:
+            problems.append(f"{ClipMissing.__name__}: audit record {ev.get('seq')} says clip "
+                            f"{clip_id} was closed, but the store has no such clip")
+            continue
+        manifest = root / "clips" / str(clip_id) / MANIFEST_NAME
+        try:
+            got = envelope.parse(manifest.read_bytes(), envelope.CLIP_MAGIC).hash
+        except (OSError, envelope.EnvelopeError):
+            continue  # already named by the clip's own checks
+        if got != mhash:
+            problems.append(f"{ManifestInvalid.__name__}: clip {clip_id}'s manifest is not the one "
+                            f"the audit log recorded at close ({str(mhash)[:16]}…)")
+    return problems
 
 
 def verify_path(path: Path, device_key: Path | None = None) -> StoreReport | ClipReport:

@@ -280,3 +280,34 @@ def test_export_refuses_a_tampered_clip(capsys, work, tmp_path):
                "-o", str(ok_mp4), "--device-key", str(work / "keys" / "device.json")])
     assert rc == 0, capsys.readouterr().err
     assert ok_mp4.stat().st_size > 0
+
+
+def test_whole_clip_deleted_is_named_from_the_audit_log(store_copy, capsys):
+    import shutil as _sh
+    from firmware.cli import main as _main
+    clips = sorted((store_copy / "store" / "clips").iterdir())
+    _sh.rmtree(clips[0])
+    code = _main(["verify", str(store_copy / "store"),
+                  "--device-key", str(store_copy / "keys" / "device.json")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"ClipMissing: audit record" in out and clips[0].name in out
+
+
+def test_damaged_last_audit_record_does_not_stop_the_camera(store_copy):
+    from buffer.store import Store, StoreSettings
+    from buffer.verify import verify_path as _vp
+    from drivers.keystore import FileKeyStore
+    from hw_sim.clock import SimClock
+    audit = store_copy / "store" / "audit.log"
+    lines = audit.read_bytes().split(b"\n")
+    lines[-2] = lines[-2][:40] + b"garbage" + lines[-2][60:]  # last complete line damaged
+    audit.write_bytes(b"\n".join(lines))
+    store = Store.open(store_copy / "store", FileKeyStore(store_copy / "keys"), SimClock(),
+                       StoreSettings(), officer_id="T")
+    assert store.recovery.audit_damaged_tail
+    store.close()
+    report = _vp(store_copy / "store")
+    assert any("malformed" in p or "SignatureInvalid" in p for p in report.audit_problems)
+    # the records after the damage still chain on from it
+    assert not any("ChainBroken" in p for p in report.audit_problems), report.audit_problems
