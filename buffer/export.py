@@ -19,6 +19,7 @@ import av
 import pyrage
 
 from buffer import envelope
+from buffer.agency import load_identity
 from buffer.verify import ClipReport, verify_clip
 from capture.framehash import frame_hash_annexb, frame_hash_avcc
 from drivers.keystore import DeviceRecord
@@ -28,21 +29,6 @@ EXPORT_FORMAT = "bwv-export-report/1"
 
 class ExportError(Exception):
     """Export refused or failed; the message says why (verification, key, media)."""
-
-
-def load_identity(path: Path) -> pyrage.x25519.Identity:
-    """An age identity file (age-keygen format: comments, then AGE-SECRET-KEY-1…)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ExportError(f"cannot read identity {path}: {exc}") from None
-    keys = [ln.strip() for ln in lines if ln.strip().startswith("AGE-SECRET-KEY-1")]
-    if not keys:
-        raise ExportError(f"{path} holds no age X25519 identity (AGE-SECRET-KEY-1…)")
-    try:
-        return pyrage.x25519.Identity.from_str(keys[0])
-    except Exception as exc:  # noqa: BLE001 — pyrage raises its own types
-        raise ExportError(f"{path}: identity is malformed ({exc})") from None
 
 
 def frame_hash_sample(data: bytes) -> str:

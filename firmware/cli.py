@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from buffer.agency import IdentityError, write_agency_identity
 from buffer.export import ExportError, export_clip
 from buffer.store import StoreError
 from buffer.verify import VerifyInputError, load_device_record, verify_path
@@ -18,7 +19,6 @@ from drivers.keystore import FileKeyStore, KeyStoreError
 from firmware import config as config_mod
 from firmware.config import ConfigError
 from firmware.log import setup as setup_logging
-from hw_sim.runner import ScenarioError
 
 EXIT_FAILED_VERIFY = 1
 EXIT_ERROR = 2
@@ -45,7 +45,6 @@ def _progress(label: str):
 
 
 def cmd_keys_agency(args) -> int:
-    from hw_sim.runner import write_agency_identity
     out = Path(args.out)
     if (out / "agency.key").exists():
         raise CliError(f"{out / 'agency.key'} exists; refusing to overwrite an agency identity")
@@ -66,10 +65,13 @@ def cmd_keys_device(args) -> int:
 
 
 def cmd_sim(args) -> int:
-    from hw_sim import runner
+    from hw_sim import runner  # only the simulator command pulls in simulated hardware
     cfg = config_mod.load(Path(args.config) if args.config else None)
     setup_logging(cfg.log.level)
-    scenario = runner.load_scenario(Path(args.scenario)) if args.scenario else runner.default_scenario()
+    try:
+        scenario = runner.load_scenario(Path(args.scenario)) if args.scenario else runner.default_scenario()
+    except runner.ScenarioError as exc:
+        raise CliError(str(exc)) from None
     speed = None if args.speed == 0 else args.speed
     res = runner.run(cfg, Path(args.workdir), scenario, speed=speed, threaded=args.threaded,
                      ack_log=Path(args.ack_log) if args.ack_log else None,
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (CliError, ConfigError, KeyStoreError, StoreError, VerifyInputError, ExportError,
-            ScenarioError) as exc:
+            IdentityError) as exc:
         print(f"bwv: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:

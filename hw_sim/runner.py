@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import pyrage
-
+from buffer.agency import write_agency_identity
 from buffer.store import Ack
 from drivers.controls import ControlPins, Controls
 from drivers.keystore import FileKeyStore
@@ -105,20 +104,6 @@ def ensure_keys(workdir: Path, device_id: str = SIM_DEVICE_ID) -> tuple[FileKeyS
     if not (keys_dir / "device.key").exists():
         FileKeyStore.create(keys_dir, device_id, recipient)
     return FileKeyStore(keys_dir), identity_path
-
-
-def write_agency_identity(directory: Path) -> str:
-    """An age identity in age-keygen's file format (so the ``age`` CLI reads it)."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ident = pyrage.x25519.Identity.generate()
-    recipient = str(ident.to_public())
-    path = directory / "agency.key"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"# bwv agency identity: keep in the back office, never on a camera\n"
-                f"# public key: {recipient}\n{ident}\n")
-    (directory / "agency.recipient").write_text(recipient + "\n")
-    return recipient
 
 
 @dataclass
