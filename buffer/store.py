@@ -434,9 +434,16 @@ class Store:
                 expect = seq - 1
                 if start <= window_start:
                     break
+        # Renames first, then one fsync per directory: the files were durable already, a
+        # cut part-way leaves each in ring/ or in the clip, and recovery reads the files
+        # as the truth for which. (Two fsyncs instead of two per segment: this runs on
+        # the record button's path.)
         for seq in sorted(chosen):
-            move_durable(self.ring / seg_name(seq), clip_dir)
-            self.db.execute("UPDATE segments SET clip_id=? WHERE seq=?", (clip_id, seq))
+            os.rename(self.ring / seg_name(seq), clip_dir / seg_name(seq))
+        if chosen:
+            fsync_dir(clip_dir)
+            fsync_dir(self.ring)
+        self._tx([("UPDATE segments SET clip_id=? WHERE seq=?", (clip_id, seq)) for seq in chosen])
         self.audit.append("record_start", clip_id=clip_id, reason=start_reason,
                           pre_record_segments=len(chosen),
                           first_seq=min(chosen) if chosen else None)

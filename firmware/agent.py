@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-import queue
 import threading
 import uuid
 from dataclasses import dataclass
@@ -63,37 +62,72 @@ class AgentStats:
 class StoreWorker:
     """Runs store operations in submission order, on its own thread or inline.
 
+    ``submit`` never blocks, so it can be called under the agent lock and the queue order
+    is the order in which the state machine decided things. Back-pressure is separate:
+    the encoder thread calls ``throttle`` *after* releasing the lock, and waits there
+    while more than ``max_pending`` segments (megabytes each) are queued. So a slow disk
+    slows the encoder, never the record button.
     Inline mode (``threaded=False``) is for the deterministic simulator: the operation
     runs before ``submit`` returns, so virtual time and disk state never drift apart.
     """
 
-    def __init__(self, threaded: bool) -> None:
+    def __init__(self, threaded: bool, max_pending: int = 8) -> None:
         self.threaded = threaded
-        self._q: queue.Queue = queue.Queue(maxsize=8)
+        self.max_pending = max_pending
+        self._ops: collections.deque[tuple[Callable[[], None] | None, bool]] = collections.deque()
+        self._heavy = 0
+        self._running = 0
+        self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._run, name="bwv-store", daemon=True)
             self._thread.start()
 
-    def submit(self, fn: Callable[[], None]) -> None:
-        if self.threaded:
-            self._q.put(fn)  # bounded: back-pressure instead of unbounded memory
-        else:
+    def submit(self, fn: Callable[[], None], *, heavy: bool = False) -> None:
+        if not self.threaded:
             fn()
+            return
+        with self._cv:
+            self._ops.append((fn, heavy))
+            self._heavy += heavy
+            self._cv.notify_all()
+
+    def pending(self) -> int:
+        """Operations queued or running (0 when idle)."""
+        with self._cv:
+            return len(self._ops) + self._running
+
+    def throttle(self) -> None:
+        """Wait while too many segments are queued (call without holding other locks)."""
+        if self.threaded:
+            with self._cv:
+                while self._heavy > self.max_pending:
+                    self._cv.wait()
 
     def _run(self) -> None:
         while True:
-            fn = self._q.get()
+            with self._cv:
+                while not self._ops:
+                    self._cv.wait()
+                fn, heavy = self._ops.popleft()
+                self._running = 1
             if fn is None:
                 return
             try:
                 fn()
             except Exception:  # noqa: BLE001 — the op reports its own errors; keep working
                 log.exception("store operation failed")
+            finally:
+                with self._cv:
+                    self._heavy -= heavy
+                    self._running = 0
+                    self._cv.notify_all()
 
     def drain_and_stop(self) -> None:
         if self._thread is not None:
-            self._q.put(None)
+            with self._cv:
+                self._ops.append((None, False))
+                self._cv.notify_all()
             self._thread.join()
 
 
@@ -179,6 +213,7 @@ class Agent:
         with self._lock:
             if self.state in (State.BUFFERING, State.RECORDING):
                 self.segmenter.push(packet)
+        self._worker.throttle()  # outside the lock: back-pressure never blocks a button
 
     def _on_record_edge(self, pressed: bool) -> None:
         with self._lock:
@@ -288,7 +323,7 @@ class Agent:
             event(log, "segment", level=logging.DEBUG, seq=ack.seq, clip_id=clip_id, size=ack.size)
             if self.on_ack:
                 self.on_ack(ack)
-        self._worker.submit(op)
+        self._worker.submit(op, heavy=True)
         if self._stopping_clip and clip_id is not None:
             self._close_clip("record_button_hold")
 

@@ -21,6 +21,8 @@ Mock pins do not apply ``bounce_time`` and call edge callbacks synchronously; th
 """
 from __future__ import annotations
 
+import collections
+
 from gpiozero.pins.mock import MockFactory, MockPin, PinState
 
 from drivers.clock import Clock
@@ -33,7 +35,8 @@ class VirtualTimePin(MockPin):
     after creation."""
 
     def __init__(self, factory: SimPinFactory, info) -> None:
-        self.history: list[tuple[int, bool]] = []
+        # Bounded: a 12 h simulated shift toggles the LEDs ~80,000 times.
+        self.history: collections.deque[tuple[int, bool]] = collections.deque(maxlen=50_000)
         super().__init__(factory, info)
 
     def _change_state(self, value):
