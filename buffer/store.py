@@ -234,6 +234,16 @@ class Store:
         for seq in sorted(set(rows) - set(on_disk)):
             rep.missing.append(seq)
             self.db.execute("DELETE FROM segments WHERE seq=?", (seq,))
+        # A clip directory with no row cannot come from open_clip's order (row first);
+        # it is kept and closed like any open clip, so its segments stay evidence.
+        known = {r[0] for r in self.db.execute("SELECT clip_id FROM clips")}
+        for d in self._clip_dirs():
+            if d.name not in known:
+                first = self.db.execute("SELECT MIN(start_utc_ns), MIN(start_mono_ns) FROM segments "
+                                        "WHERE clip_id=?", (d.name,)).fetchone()
+                self._tx([("INSERT INTO clips(clip_id, state, officer_id, started_utc_ns, "
+                           "press_mono_ns, start_reason) VALUES (?, 'open', ?, ?, ?, 'unknown')",
+                           (d.name, self.officer_id, first[0] or 0, first[1] or 0))])
         # 4. The chain head: the newest segment ever acknowledged, even if evicted.
         head = self.db.execute("SELECT seq, hash FROM segments ORDER BY seq DESC LIMIT 1").fetchone()
         meta_seq = int(self._meta("head_seq", "-1"))
@@ -414,10 +424,12 @@ class Store:
         if self.db.execute("SELECT 1 FROM clips WHERE clip_id=?", (clip_id,)).fetchone():
             raise StoreError(f"clip {clip_id} exists already")
         clip_dir = self.clips / clip_id
-        mkdir_durable(clip_dir)
+        # Row first, then the directory: recovery closes every open row (creating the
+        # directory if the cut came in between), so no clip is ever left half-made.
         self._tx([("INSERT INTO clips(clip_id, state, officer_id, started_utc_ns, press_mono_ns, "
                    "start_reason) VALUES (?, 'open', ?, ?, ?, ?)",
                    (clip_id, self.officer_id, started_utc_ns, press_mono_ns, start_reason))])
+        mkdir_durable(clip_dir)
         # The newest contiguous run of this stream's unpinned segments, back to the first
         # one that reaches the start of the window.
         window_start = press_mono_ns - self.settings.pre_record_ns
@@ -473,6 +485,7 @@ class Store:
                              frame_interval_ns=self.settings.frame_interval_ns,
                              closed_utc_ns=self.clock.utc_ns(), notes=notes or [])
         data, mhash = build_manifest(body, self.keys.sign)
+        mkdir_durable(self.clips / clip_id)
         write_durable(self.clips / clip_id, MANIFEST_NAME, data)
         self._tx([("UPDATE clips SET state='closed', stopped_utc_ns=?, stop_reason=?, "
                    "manifest_hash=? WHERE clip_id=?", (stopped_utc_ns, stop_reason, mhash, clip_id))])

@@ -249,3 +249,31 @@ def test_recovery_twice_changes_nothing_the_second_time(work, raw_segments):
     second.close()
     assert snapshot(work) == after_first
     assert verify_path(work / "store", work / "keys" / "device.json").ok
+
+
+def test_cut_between_clip_row_and_directory_is_closed_cleanly(store_copy):
+    """open_clip writes the row, then makes the directory: a cut in between leaves a row."""
+    store = open_store(store_copy)
+    store._tx([("INSERT INTO clips(clip_id, state, officer_id, started_utc_ns, press_mono_ns, "
+                "start_reason) VALUES ('cut-clip', 'open', 'T', 1, 1, 'record_button')", ())])
+    crash(store)  # no directory was made
+    again = open_store(store_copy)
+    assert "cut-clip" in again.recovery.closed_clips
+    again.close()
+    report = verify_path(store_copy / "store")
+    assert report.ok, report.all_failures()
+
+
+def test_clip_directory_without_a_row_is_kept_and_closed(store_copy):
+    store = open_store(store_copy)
+    seq = store.ring_seqs()[-1]
+    crash(store)
+    orphan = store_copy / "store" / "clips" / "orphan"
+    orphan.mkdir()
+    (store_copy / "store" / "ring" / seg_name(seq)).rename(orphan / seg_name(seq))
+    again = open_store(store_copy)
+    assert "orphan" in again.recovery.closed_clips
+    again.close()
+    report = verify_path(store_copy / "store")
+    assert report.ok, report.all_failures()
+    assert [s.seq for c in report.clips if c.clip_id == "orphan" for s in c.segments] == [seq]
