@@ -23,6 +23,7 @@ connection is created in that thread and never shared.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -58,6 +59,21 @@ class StoreFull(StoreError):
     pass
 
 
+class ReleaseRefused(StoreError):
+    """Sync asked to free a clip without a complete, matching confirmation."""
+
+
+@dataclass(frozen=True)
+class ClipFiles:
+    """A closed clip as sync sees it: what to push, in order (manifest last)."""
+
+    clip_id: str
+    started_utc_ns: int
+    classification: str
+    manifest_hash: str
+    files: list[Path]
+
+
 def seg_name(seq: int) -> str:
     return f"{seq:012d}{SEG_SUFFIX}"
 
@@ -91,6 +107,7 @@ class RecoveryReport:
     unclean_shutdown: bool = False
     discarded_tmp: list[str] = field(default_factory=list)
     finished_evictions: int = 0
+    finished_releases: list[str] = field(default_factory=list)
     reindexed: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
@@ -110,7 +127,10 @@ CREATE TABLE IF NOT EXISTS segments (
     start_utc_ns INTEGER NOT NULL, end_utc_ns INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS segments_clip ON segments(clip_id);
 CREATE TABLE IF NOT EXISTS clips (
-    clip_id TEXT PRIMARY KEY, state TEXT NOT NULL CHECK (state IN ('open','closed')),
+    clip_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('open','closed','released')),
+    classification TEXT NOT NULL DEFAULT 'non-evidential'
+        CHECK (classification IN ('evidential','non-evidential')),
     officer_id TEXT NOT NULL, started_utc_ns INTEGER NOT NULL,
     press_mono_ns INTEGER NOT NULL, start_reason TEXT NOT NULL,
     stopped_utc_ns INTEGER, stop_reason TEXT, manifest_hash TEXT);
@@ -154,6 +174,7 @@ class Store:
         self.stream_id = uuid.uuid4().hex
         self.officer_id = officer_id
         self._check_marker()
+        self._lock_fd = self._take_lock()
         self.ring = self.root / "ring"
         self.clips = self.root / "clips"
         # Opened (and recovered) on the starting thread, then handed to the store worker:
@@ -192,6 +213,17 @@ class Store:
             raise StoreError(f"{self.root} belongs to device {info.get('device_id')!r}, "
                              f"not {self.device.device_id!r}")
 
+    def _take_lock(self) -> int:
+        """One process owns a store at a time (the agent, or a technician's tool)."""
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{self.root} is in use by another bwv process (the agent?); "
+                             "stop it first") from None
+        return fd
+
     def _meta(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
@@ -210,8 +242,13 @@ class Store:
                 if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX):
                     unlink_durable(p)
                     rep.discarded_tmp.append(str(p.relative_to(self.root)))
-        # 2. Finish deletes whose intent was recorded.
-        for iid, seq, path in self.db.execute("SELECT id, seq, path FROM intents").fetchall():
+        # 2. Finish deletes whose intent was recorded (evictions, releases after sync).
+        for iid, op, seq, path in self.db.execute(
+                "SELECT id, op, seq, path FROM intents ORDER BY id").fetchall():
+            if op == "release":
+                self._finish_release(path.split("/", 1)[1], iid)
+                rep.finished_releases.append(path)
+                continue
             unlink_durable(self.root / path)
             self._tx([("DELETE FROM segments WHERE seq=?", (seq,)),
                       ("DELETE FROM intents WHERE id=?", (iid,))])
@@ -236,7 +273,7 @@ class Store:
             self.db.execute("DELETE FROM segments WHERE seq=?", (seq,))
         # A clip directory with no row cannot come from open_clip's order (row first);
         # it is kept and closed like any open clip, so its segments stay evidence.
-        known = {r[0] for r in self.db.execute("SELECT clip_id FROM clips")}
+        known = {r[0] for r in self.db.execute("SELECT clip_id FROM clips WHERE state!='released'")}
         for d in self._clip_dirs():
             if d.name not in known:
                 first = self.db.execute("SELECT MIN(start_utc_ns), MIN(start_mono_ns) FROM segments "
@@ -260,7 +297,8 @@ class Store:
         if rep.unclean_shutdown:
             self.audit.append("unclean_shutdown", head_seq=int(self._meta("head_seq", "-1")),
                               last_segment_end_utc=last_end)
-        if any((rep.discarded_tmp, rep.finished_evictions, rep.reindexed, rep.missing,
+        if any((rep.discarded_tmp, rep.finished_evictions, rep.finished_releases,
+                rep.reindexed, rep.missing,
                 rep.quarantined, rep.closed_clips, rep.audit_repaired_bytes,
                 rep.audit_damaged_tail)):
             self.audit.append("recovery", **rep.as_dict())
@@ -493,6 +531,78 @@ class Store:
                           segments=len(segs), manifest_hash=mhash, gaps=len(body["gaps"]))
         return mhash
 
+    # ------------------------------------------------------------- sync's view
+    def closed_clips(self) -> list[ClipFiles]:
+        """Closed, unreleased clips, oldest first, with the files sync must push."""
+        out = []
+        for clip_id, started, cls, mhash in self.db.execute(
+                "SELECT clip_id, started_utc_ns, classification, manifest_hash FROM clips "
+                "WHERE state='closed' ORDER BY started_utc_ns, rowid").fetchall():
+            d = self.clips / clip_id
+            files = [d / seg_name(seq) for seq in self.clip_segments(clip_id)] + [d / MANIFEST_NAME]
+            out.append(ClipFiles(clip_id, started, cls, mhash, files))
+        return out
+
+    def set_classification(self, clip_id: str, classification: str, *, reason: str) -> None:
+        """Evidential or not is decided here (policy, markers, back office), never by sync."""
+        if classification not in ("evidential", "non-evidential"):
+            raise StoreError(f"classification {classification!r} is not evidential/non-evidential")
+        if not self.db.execute("SELECT 1 FROM clips WHERE clip_id=? AND state!='released'",
+                               (clip_id,)).fetchone():
+            raise StoreError(f"no clip {clip_id} on this device")
+        self._tx([("UPDATE clips SET classification=? WHERE clip_id=?", (classification, clip_id))])
+        self.audit.append("classification", clip_id=clip_id, classification=classification,
+                          reason=reason)
+
+    def release_clip(self, clip_id: str, *, target: str, proof: list[dict]) -> None:
+        """Free a clip's space once the evidence store has confirmed every file of it.
+
+        ``proof`` holds one entry per file: ``{"name", "key", "size", "sha256", "method"}``
+        as the store confirmed it. The store checks the proof against the files as they
+        are on disk *now* (every byte hashed again); anything missing or different
+        refuses the release (DESIGN invariant 5). The release and its proof go into the
+        audit log before the durable delete intent, and the intent before any unlink.
+        """
+        row = self.db.execute("SELECT state, manifest_hash FROM clips WHERE clip_id=?",
+                              (clip_id,)).fetchone()
+        if row is None or row[0] != "closed":
+            raise ReleaseRefused(f"clip {clip_id} is {'unknown' if row is None else row[0]}; "
+                                 "only a closed clip can be released")
+        clip_dir = self.clips / clip_id
+        by_name = {p["name"]: p for p in proof}
+        expected = [seg_name(s) for s in self.clip_segments(clip_id)] + [MANIFEST_NAME]
+        on_disk = sorted(p.name for p in clip_dir.iterdir()) if clip_dir.is_dir() else []
+        if sorted(expected) != on_disk:
+            raise ReleaseRefused(f"clip {clip_id}: files on disk do not match the index")
+        for name in expected:
+            entry = by_name.get(name)
+            if entry is None:
+                raise ReleaseRefused(f"clip {clip_id}: no confirmation for {name}")
+            data = (clip_dir / name).read_bytes()
+            if entry.get("size") != len(data) or entry.get("sha256") != hashlib.sha256(data).hexdigest():
+                raise ReleaseRefused(f"clip {clip_id}: the store's confirmation of {name} does not "
+                                     "match the file on the device")
+        self.audit.append("clip_released", clip_id=clip_id, target=target, manifest_hash=row[1],
+                          objects=[{k: by_name[n][k] for k in ("key", "size", "sha256", "method")}
+                                   for n in expected])
+        self._tx([("INSERT INTO intents(op, seq, path) VALUES ('release', -1, ?)",
+                   (f"clips/{clip_id}",))])
+        iid = self.db.execute("SELECT MAX(id) FROM intents").fetchone()[0]
+        self._finish_release(clip_id, iid)
+
+    def _finish_release(self, clip_id: str, intent_id: int) -> None:
+        clip_dir = self.clips / clip_id
+        if clip_dir.is_dir():
+            for p in sorted(clip_dir.iterdir()):
+                os.unlink(p)
+            fsync_dir(clip_dir)
+            os.rmdir(clip_dir)
+            fsync_dir(self.clips)
+        self._tx([("DELETE FROM segments WHERE clip_id=?", (clip_id,)),
+                  ("UPDATE clips SET state='released' WHERE clip_id=?", (clip_id,)),
+                  ("DELETE FROM intents WHERE id=?", (intent_id,))])
+        self._used = self.db.execute("SELECT COALESCE(SUM(size),0) FROM segments").fetchone()[0]
+
     def clip_ids(self, state: str | None = None) -> list[str]:
         q = "SELECT clip_id FROM clips" + (" WHERE state=?" if state else "") + " ORDER BY rowid"
         return [r[0] for r in self.db.execute(q, (state,) if state else ())]
@@ -509,3 +619,4 @@ class Store:
         self.audit.append("store_close", head_seq=self.head[0])
         self._tx([("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '1')", ())])
         self.db.close()
+        os.close(self._lock_fd)

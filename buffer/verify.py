@@ -377,9 +377,14 @@ def check_clips_against_audit(root: Path, report: "StoreReport") -> list[str]:
     from buffer.audit import read_events
     problems = []
     present = {c.clip_id: c for c in report.clips}
-    for ev in read_events(root / "audit.log"):
+    events = read_events(root / "audit.log")
+    released = {ev["data"].get("clip_id") for ev in events
+                if ev.get("event") == "clip_released" and isinstance(ev.get("data"), dict)}
+    for ev in events:
         if ev.get("event") != "record_stop" or not isinstance(ev.get("data"), dict):
             continue
+        if ev["data"].get("clip_id") in released:
+            continue  # freed after the evidence store confirmed it (the record says where)
         clip_id, mhash = ev["data"].get("clip_id"), ev["data"].get("manifest_hash")
         if clip_id not in present:
             problems.append(f"{ClipMissing.__name__}: audit record {ev.get('seq')} says clip "

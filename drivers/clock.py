@@ -37,6 +37,7 @@ class Clock(Protocol):
     def utc_ns(self) -> int: ...
     def state(self) -> ClockState: ...
     def sleep(self, seconds: float) -> None: ...
+    def correct(self, offset_ns: int, source: str) -> bool: ...
 
 
 class SystemClock:
@@ -59,6 +60,20 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    def correct(self, offset_ns: int, source: str) -> bool:
+        """Step the wall clock by ``offset_ns`` if this process may (CAP_SYS_TIME);
+        the offset and its source are recorded either way. Returns whether it stepped."""
+        stepped = False
+        try:
+            time.clock_settime_ns(time.CLOCK_REALTIME, time.clock_gettime_ns(time.CLOCK_REALTIME)
+                                  + offset_ns)
+            stepped = True
+        except (PermissionError, OSError):
+            pass
+        self._state = ClockState(synced=stepped or self._state.synced, source=source,
+                                 last_offset_ns=offset_ns)
+        return stepped
 
 
 def iso_utc(ns: int, *, digits: int = 6) -> str:

@@ -27,7 +27,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from buffer.store import Ack, Store, StoreFull, StoreSettings, init_store
 from capture.overlay import BurnIn
@@ -35,6 +35,7 @@ from capture.segmenter import RawSegment, Segmenter
 from drivers.camera import Camera, VideoPacket
 from drivers.clock import Clock
 from drivers.controls import Controls
+from drivers.dock import DockSense
 from drivers.keystore import KeyStore
 from firmware.config import Config
 from firmware.feedback import Feedback
@@ -42,12 +43,14 @@ from firmware.gestures import Gesture, GestureConfig, GestureRecognizer
 from firmware.log import event
 
 log = logging.getLogger("bwv.agent")
+T = TypeVar("T")
 
 
 class State(enum.Enum):
     STARTING = "starting"
     BUFFERING = "buffering"
     RECORDING = "recording"
+    DOCKED = "docked"
     STOPPED = "stopped"
 
 
@@ -123,6 +126,27 @@ class StoreWorker:
                     self._running = 0
                     self._cv.notify_all()
 
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the worker (after everything queued before it) and return its
+        result; for the sync thread, which must not touch the store concurrently."""
+        if not self.threaded:
+            return fn()
+        done = threading.Event()
+        box: dict = {}
+
+        def op() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 — re-raised in the caller
+                box["error"] = exc
+            finally:
+                done.set()
+        self.submit(op)
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
     def drain_and_stop(self) -> None:
         if self._thread is not None:
             with self._cv:
@@ -134,7 +158,8 @@ class StoreWorker:
 class Agent:
     def __init__(self, cfg: Config, *, clock: Clock, camera: Camera, controls: Controls,
                  keys: KeyStore, store_dir: Path | None = None, threaded: bool = True,
-                 on_ack: Callable[[Ack], None] | None = None) -> None:
+                 on_ack: Callable[[Ack], None] | None = None, dock: DockSense | None = None,
+                 on_dock: Callable[[bool], None] | None = None) -> None:
         self.cfg = cfg
         self.clock = clock
         self.camera = camera
@@ -142,6 +167,11 @@ class Agent:
         self.keys = keys
         self.store_dir = Path(store_dir or cfg.device.store_dir)
         self.on_ack = on_ack
+        self.dock = dock
+        self.on_dock = on_dock  # hand-off to sync (firmware.syncing wires it)
+        self._dock_raw = False
+        self._dock_raw_since = 0
+        self._docked = False
         self.state = State.STARTING
         self.stats = AgentStats()
         self._lock = threading.RLock()
@@ -190,6 +220,10 @@ class Agent:
             self.feedback.set_mode("buffering", self.clock.monotonic_ns())
         self.controls.on_record_edge = self._on_record_edge
         self.controls.on_function_edge = self._on_function_edge
+        if self.dock is not None:
+            self.dock.on_change = self._on_dock_edge
+            if self.dock.docked:  # powered on in the dock
+                self._on_dock_edge(True)
         self.camera.start(self.on_packet)
         event(log, "buffering", pre_record_s=self.cfg.buffer.pre_record_seconds)
 
@@ -197,6 +231,10 @@ class Agent:
         """Clean shutdown: the open segment and clip are sealed, nothing is lost."""
         self.controls.on_record_edge = None
         self.controls.on_function_edge = None
+        if self.dock is not None:
+            self.dock.on_change = None
+        if self._docked and self.on_dock:
+            self.on_dock(False)  # stop a running sync at its next object boundary
         self.camera.stop()  # delivers the encoder's last packets
         with self._lock:
             self.segmenter.flush()
@@ -233,6 +271,9 @@ class Agent:
             for g in self._record_btn.poll(now):
                 self._on_record_gesture(g)
             self._function_btn.poll(now)
+            if self._dock_raw != self._docked and \
+                    now - self._dock_raw_since >= self.cfg.dock.debounce_ms * 1_000_000:
+                self._set_docked(self._dock_raw, now)
             while self._faults:
                 self._apply_fault(*self._faults.popleft())
             self.feedback.poll(now)
@@ -243,7 +284,44 @@ class Agent:
             now = self.clock.monotonic_ns()
             candidates = [self._record_btn.next_deadline_ns(), self._function_btn.next_deadline_ns(),
                           self.feedback.next_change_ns(now)]
+            if self._dock_raw != self._docked:
+                candidates.append(self._dock_raw_since + self.cfg.dock.debounce_ms * 1_000_000)
             return min((c for c in candidates if c is not None), default=None)
+
+    def _on_dock_edge(self, docked: bool) -> None:
+        with self._lock:
+            if docked != self._dock_raw:
+                self._dock_raw = docked
+                self._dock_raw_since = self.clock.monotonic_ns()
+
+    def _set_docked(self, docked: bool, now: int) -> None:
+        """Docking ends an open clip, stops buffering and hands over to sync."""
+        self._docked = docked
+        if docked:
+            if self._clip_id is not None:
+                self._stopping_clip = False
+                self._stop_request_utc = self.clock.utc_ns()
+                self.segmenter.flush()  # the partial segment starts on a key frame: it is kept
+                self._close_clip("docked")
+            else:
+                self.segmenter.flush()
+            self.state = State.DOCKED
+            self.feedback.set_mode("docked", now)
+            self._worker.submit(lambda: self._store.audit.append("dock"))
+        else:
+            self.state = State.BUFFERING
+            self.feedback.set_mode("buffering", now)
+            self._worker.submit(lambda: self._store.audit.append("undock"))
+        event(log, "docked" if docked else "undocked")
+        if self.on_dock:
+            self.on_dock(docked)
+
+    def sync_indication(self, status: str) -> None:
+        """Sync reports "syncing", "complete" or a failure; shown only while docked."""
+        with self._lock:
+            if self.state is State.DOCKED:
+                mode = {"syncing": "syncing", "complete": "docked"}.get(status, "sync_fault")
+                self.feedback.set_mode(mode, self.clock.monotonic_ns())
 
     # ------------------------------------------------------------ state machine
     def _on_record_gesture(self, g: Gesture) -> None:

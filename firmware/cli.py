@@ -19,6 +19,7 @@ from drivers.keystore import FileKeyStore, KeyStoreError
 from firmware import config as config_mod
 from firmware.config import ConfigError
 from firmware.log import setup as setup_logging
+from sync.target import TargetError
 
 EXIT_FAILED_VERIFY = 1
 EXIT_ERROR = 2
@@ -82,12 +83,30 @@ def cmd_sim(args) -> int:
     return 0
 
 
+def _local_path(args, stack) -> Path:
+    """A local path as given, or an s3:// clip fetched into a temporary directory."""
+    if not str(args.path).startswith("s3://"):
+        return Path(args.path)
+    import tempfile
+    from sync.fetch import fetch_clip, parse_s3_url
+    from sync.s3 import S3Target, load_credentials
+    bucket, key = parse_s3_url(args.path)
+    creds = load_credentials(Path(args.credentials_file) if args.credentials_file else None)
+    target = S3Target(args.s3_endpoint or None, bucket, credentials=creds,
+                      ca_bundle=args.ca_bundle or None)
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bwv-fetch-")))
+    return fetch_clip(target, key, tmp)
+
+
 def cmd_verify(args) -> int:
-    report = verify_path(Path(args.path), Path(args.device_key) if args.device_key else None)
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
-    else:
-        _print_verify(report)
+    import contextlib
+    with contextlib.ExitStack() as stack:
+        path = _local_path(args, stack)
+        report = verify_path(path, Path(args.device_key) if args.device_key else None)
+        if args.json:
+            print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+        else:
+            _print_verify(report)
     return 0 if report.ok else EXIT_FAILED_VERIFY
 
 
@@ -113,10 +132,14 @@ def _print_verify(report) -> None:
 
 
 def cmd_export(args) -> int:
+    import contextlib
     device = load_device_record(Path(args.device_key)) if args.device_key else None
-    res = export_clip(Path(args.clip), Path(args.identity), Path(args.output), device=device,
-                      key_source=args.device_key or "given",
-                      progress=_progress("decrypting segments"))
+    args.path = args.clip
+    with contextlib.ExitStack() as stack:
+        clip = _local_path(args, stack)
+        res = export_clip(clip, Path(args.identity), Path(args.output), device=device,
+                          key_source=args.device_key or "given",
+                          progress=_progress("decrypting segments"))
     print(json.dumps({"mp4": str(res.mp4), "report": str(res.report_path),
                       "frames": res.report["frame_count"],
                       "frames_checked_against_signatures": res.report["frames_checked_against_signatures"],
@@ -142,6 +165,87 @@ def cmd_recover(args) -> int:
     return 0
 
 
+def _open_store(args, cfg):
+    from buffer.store import Store, StoreSettings
+    from drivers.clock import SystemClock
+    keys = FileKeyStore(Path(args.keys or cfg.device.keys_dir))
+    return Store.open(Path(args.store or cfg.device.store_dir), keys, SystemClock(),
+                      StoreSettings(pre_record_ns=cfg.buffer.pre_record_seconds * 10**9,
+                                    max_bytes=cfg.buffer.max_bytes),
+                      officer_id=cfg.device.officer_id), keys
+
+
+def cmd_sync(args) -> int:
+    """A technician's sync with the agent stopped (the agent syncs by itself on dock)."""
+    from firmware.syncing import SYNC_STATE_FILE, make_target, sync_settings
+    from sync.access import StoreView
+    from sync.engine import SyncEngine
+    from sync.state import SyncState
+    from sync.status import sync_status
+    cfg = config_mod.load(Path(args.config) if args.config else None)
+    if args.status:
+        keys = FileKeyStore(Path(args.keys or cfg.device.keys_dir))
+        st = sync_status(Path(args.store or cfg.device.store_dir), keys.device().device_id)
+        if args.json:
+            print(json.dumps(st, indent=2, sort_keys=True))
+            return 0
+        for c in st["clips"]:
+            if c["state"] == "released":
+                print(f"{c['clip_id']}  released (confirmed by the evidence store; see the audit log)")
+                continue
+            pct = 100 * c["bytes_confirmed"] // c["bytes"] if c["bytes"] else 100
+            print(f"{c['clip_id']}  {c['state']:8s} {c['classification']:14s} "
+                  f"{c['objects_confirmed']}/{c['objects']} objects  {pct:3d}%")
+        t = st["total"]
+        print(f"total: {t['clips_pending']} clip(s) waiting, {t['bytes_pending']} bytes to confirm, "
+              f"{t['clips_released']} released; last run: {st['last_run']['last_status'] or 'never'}"
+              + (f" ({st['last_run']['last_message']})" if st['last_run']['last_message'] else ""))
+        return 0
+    setup_logging(cfg.log.level)
+    store, keys = _open_store(args, cfg)
+    try:
+        device_id = keys.device().device_id
+        target = make_target(cfg, device_id, directory=Path(args.directory) if args.directory else None)
+        state = SyncState(store.root / SYNC_STATE_FILE)
+        show = _progress("synced (MB)")
+
+        def progress(rep) -> None:
+            total = sum(c.bytes_total for c in rep.clips)
+            done = sum(c.bytes_confirmed for c in rep.clips)
+            show(done / 1e6, total / 1e6)
+        report = SyncEngine(store=StoreView(store), target=target, state=state, clock=store.clock,
+                            settings=sync_settings(cfg, device_id, correct_clock=False),
+                            progress=progress).run()
+        state.close()
+    finally:
+        store.close()
+    print(json.dumps({k: v for k, v in report.as_dict().items() if k != "clips"}, sort_keys=True))
+    return 0 if report.status == "complete" else EXIT_ERROR
+
+
+def cmd_store_init(args) -> int:
+    """Configure an S3 bucket as a bwv evidence locker (object lock + lifecycle)."""
+    from sync.bucket import init_bucket
+    from sync.s3 import S3Target, load_credentials
+    creds = load_credentials(Path(args.credentials_file) if args.credentials_file else None)
+    target = S3Target(args.endpoint or None, args.bucket, region=args.region, credentials=creds,
+                      ca_bundle=args.ca_bundle or None)
+    print(json.dumps(init_bucket(target, args.bucket, retention_days=args.retention_days),
+                     sort_keys=True, default=str))
+    return 0
+
+
+def cmd_classify(args) -> int:
+    cfg = config_mod.load(Path(args.config) if args.config else None)
+    store, _ = _open_store(args, cfg)
+    try:
+        store.set_classification(args.clip, args.classification, reason=args.reason)
+    finally:
+        store.close()
+    print(json.dumps({"clip_id": args.clip, "classification": args.classification}))
+    return 0
+
+
 def cmd_config(args) -> int:
     if args.defaults:
         print(config_mod.defaults_markdown())
@@ -149,6 +253,12 @@ def cmd_config(args) -> int:
     cfg = config_mod.load(Path(args.check))
     print(f"{cfg.source}: OK")
     return 0
+
+
+def _s3_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--s3-endpoint", default="", help="endpoint for s3:// paths (empty = AWS)")
+    p.add_argument("--credentials-file", default="", help="S3 credentials (0600); default: environment")
+    p.add_argument("--ca-bundle", default="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,17 +288,50 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sim)
 
     v = sub.add_parser("verify", help="verify a clip or a whole store (no secret key needed)")
-    v.add_argument("path")
+    v.add_argument("path", help="store dir, clip dir (device or dock share), or s3://BUCKET/devices/ID/clips/CLIP")
     v.add_argument("--device-key", help="the device record (device.json) to trust")
     v.add_argument("--json", action="store_true")
     v.set_defaults(fn=cmd_verify)
+    for sp in (v,):
+        _s3_args(sp)
 
     e = sub.add_parser("export", help="verify, decrypt and remux a clip to MP4 + report")
-    e.add_argument("clip")
+    e.add_argument("clip", help="clip dir (device or dock share) or s3://BUCKET/devices/ID/clips/CLIP")
     e.add_argument("--identity", required=True, help="agency age identity file")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--device-key")
     e.set_defaults(fn=cmd_export)
+    _s3_args(e)
+
+    sy = sub.add_parser("sync", help="push closed clips to the evidence store, verify, release")
+    sy.add_argument("--config")
+    sy.add_argument("--store")
+    sy.add_argument("--keys")
+    sy.add_argument("--directory", help="dock share to use instead of the configured target")
+    sy.add_argument("--status", action="store_true", help="per-clip and total progress, last run")
+    sy.add_argument("--json", action="store_true")
+    sy.set_defaults(fn=cmd_sync)
+
+    st = sub.add_parser("store", help="evidence-store administration").add_subparsers(
+        dest="which", required=True)
+    si = st.add_parser("init", help="object lock + lifecycle on an S3 bucket")
+    si.add_argument("--endpoint", default="", help="S3 endpoint URL (empty = AWS)")
+    si.add_argument("--bucket", required=True)
+    si.add_argument("--region", default="us-east-1")
+    si.add_argument("--credentials-file", default="")
+    si.add_argument("--ca-bundle", default="")
+    si.add_argument("--retention-days", type=int, default=30)
+    si.set_defaults(fn=cmd_store_init)
+
+    cl = sub.add_parser("clip", help="clip administration").add_subparsers(dest="which", required=True)
+    cc = cl.add_parser("classify", help="mark a clip evidential or non-evidential (audited)")
+    cc.add_argument("clip")
+    cc.add_argument("classification", choices=("evidential", "non-evidential"))
+    cc.add_argument("--reason", required=True)
+    cc.add_argument("--config")
+    cc.add_argument("--store")
+    cc.add_argument("--keys")
+    cc.set_defaults(fn=cmd_classify)
 
     r = sub.add_parser("recover", help="run power-loss recovery on a store and report")
     r.add_argument("--config")
@@ -210,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (CliError, ConfigError, KeyStoreError, StoreError, VerifyInputError, ExportError,
-            IdentityError) as exc:
+            IdentityError, TargetError) as exc:
         print(f"bwv: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:

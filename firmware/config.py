@@ -24,6 +24,8 @@ class Key:
     doc: str
     min: float | None = None
     max: float | None = None
+    choices: tuple[str, ...] | None = None
+    allow_empty: bool = False
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -56,11 +58,37 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "double_press_ms": Key(int, 600, "second press within this starts recording, ms", 100, 2000),
         "hold_ms": Key(int, 3000, "holding record this long stops recording, ms", 500, 10000),
     },
+    "dock": {
+        "pin": Key(int, 5, "BCM pin of the dock-detect input (USB VBUS sense, high = docked)", 0, 27),
+        "debounce_ms": Key(int, 300, "the dock level must be stable this long to count", 10, 5000),
+    },
+    "sync": {
+        "target": Key(str, "directory", "where docked clips go: a dock share or S3",
+                      choices=("directory", "s3")),
+        "directory": Key(str, "/mnt/bwv-dock", "dock share root (target = directory)"),
+        "s3_endpoint": Key(str, "", "S3 endpoint URL; empty = AWS", allow_empty=True),
+        "s3_bucket": Key(str, "", "evidence bucket (target = s3)", allow_empty=True),
+        "s3_region": Key(str, "us-east-1", "S3 region"),
+        "credentials_file": Key(str, "", "file with the S3 key id and secret (mode 0600); "
+                                "empty = environment", allow_empty=True),
+        "verify_tls": Key(bool, True, "verify the store's TLS certificate"),
+        "ca_bundle": Key(str, "", "CA bundle for a private CA; empty = system", allow_empty=True),
+        "verify": Key(str, "checksum", "proof of receipt: store-reported SHA-256, or read back "
+                      "every object", choices=("checksum", "read-back")),
+        "evidential_first": Key(bool, True, "push evidential clips before others"),
+        "default_classification": Key(str, "non-evidential", "classification of a new clip",
+                                      choices=("evidential", "non-evidential")),
+        "correct_clock": Key(bool, True, "step the clock to the store's time on dock"),
+        "clock_alarm_seconds": Key(int, 10, "offset from the store's time that raises an alarm", 1, 86400),
+        "retention_days": Key(int, 30, "lifecycle expiry of non-evidential objects (store init)", 1, 36500),
+        "max_attempts": Key(int, 5, "tries per request before a round is interrupted", 1, 20),
+        "rounds": Key(int, 5, "sync rounds while docked before giving up until the next dock", 1, 100),
+    },
     "log": {
-        "level": Key(str, "info", "debug | info | warning | error"),
+        "level": Key(str, "info", "debug | info | warning | error",
+                     choices=("debug", "info", "warning", "error")),
     },
 }
-_LOG_LEVELS = {"debug", "info", "warning", "error"}
 
 
 class Section:
@@ -95,14 +123,16 @@ def _check(section: str, key: str, spec: Key, value: Any) -> Any:
     name = f"{section}.{key}"
     if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, spec.type):
+    if (isinstance(value, bool) != (spec.type is bool)) or not isinstance(value, spec.type):
         raise ConfigError(f"{name}: expected {spec.type.__name__}, got {type(value).__name__} ({value!r})")
     if spec.min is not None and value < spec.min:
         raise ConfigError(f"{name}: {value} is below the minimum {spec.min:g}")
     if spec.max is not None and value > spec.max:
         raise ConfigError(f"{name}: {value} is above the maximum {spec.max:g}")
-    if isinstance(value, str) and not value.strip():
+    if isinstance(value, str) and not value.strip() and not spec.allow_empty:
         raise ConfigError(f"{name}: must not be empty")
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(spec.choices)}")
     return value
 
 
@@ -122,14 +152,16 @@ def validate(raw: dict[str, Any], source: str = "<defaults>") -> Config:
                 raise ConfigError(f"{section}.{key}: unknown key")
         values[section] = {k: _check(section, k, spec, given.get(k, spec.default))
                            for k, spec in keys.items()}
-    if values["log"]["level"] not in _LOG_LEVELS:
-        raise ConfigError(f"log.level: {values['log']['level']!r} is not one of {sorted(_LOG_LEVELS)}")
+    sy = values["sync"]
+    if sy["target"] == "s3" and not sy["s3_bucket"]:
+        raise ConfigError("sync.s3_bucket: required when sync.target is \"s3\"")
     c = values["controls"]
     if c["double_press_ms"] >= c["hold_ms"]:
         raise ConfigError("controls.double_press_ms: must be shorter than controls.hold_ms")
     if c["debounce_ms"] >= c["double_press_ms"]:
         raise ConfigError("controls.debounce_ms: must be shorter than controls.double_press_ms")
-    pins = [c[k] for k in ("record_button", "function_button", "green_led", "red_led", "haptic", "buzzer")]
+    pins = [c[k] for k in ("record_button", "function_button", "green_led", "red_led", "haptic",
+                           "buzzer")] + [values["dock"]["pin"]]
     if len(set(pins)) != len(pins):
         raise ConfigError("controls: two functions share one pin")
     cam = values["camera"]
@@ -162,7 +194,10 @@ def defaults_markdown() -> str:
         for key, spec in keys.items():
             fmt = (lambda v: f"{int(v)}") if spec.type is int else (lambda v: f"{v:g}")
             rng = "" if spec.min is None else f"{fmt(spec.min)} – {fmt(spec.max)}"
-            default = f"{spec.default!r}".replace("'", '"')
+            default = (str(spec.default).lower() if isinstance(spec.default, bool)
+                       else f"{spec.default!r}".replace("'", '"'))
             doc = spec.doc.replace("|", "\\|")
+            if spec.choices:
+                rng = " \\| ".join(spec.choices)
             lines.append(f"| `{section}.{key}` | `{default}` | {rng} | {doc} |")
     return "\n".join(lines)

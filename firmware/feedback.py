@@ -108,6 +108,9 @@ MODES: dict[str, Pattern] = {
     "recording": Pattern((Step(("red",), 1000, 0),), loop=True),  # steady red
     "fault": Pattern((Step(("red",), 250, 250),), loop=True),
     "store_full": Pattern((Step(("red",), 500, 0), Step(("green",), 500, 0)), loop=True),
+    "docked": Pattern((Step(("green",), 1000, 0),), loop=True),  # steady green: all synced
+    "syncing": Pattern((Step(("green",), 250, 250),), loop=True),
+    "sync_fault": Pattern((Step(("red", "green"), 250, 750),), loop=True),
 }
 
 #: One-shot haptic + buzzer cues.

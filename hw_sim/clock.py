@@ -50,6 +50,12 @@ class SimClock:
         with self._lock:
             self._utc_offset += delta_ns
 
+    def correct(self, offset_ns: int, source: str) -> bool:
+        """What a sync does on a real device: step UTC, record source and offset."""
+        self.step_utc(offset_ns)
+        self._state = ClockState(synced=True, source=source, last_offset_ns=offset_ns)
+        return True
+
     def advance(self, delta_ns: int) -> None:
         if delta_ns < 0:
             raise ValueError("time does not run backwards")

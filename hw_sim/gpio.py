@@ -105,6 +105,11 @@ class SimGpio:
             else:
                 pin.drive_high()
 
+    def set_input(self, pin: int, high: bool) -> None:
+        """Drive any other input pin (e.g. the dock's VBUS sense) to a level."""
+        p = self.factory.pin(pin)
+        p.drive_high() if high else p.drive_low()
+
     def level(self, output_name: str) -> bool:
         """Current level of output ``output_name`` (True = on; outputs are active-high)."""
         return bool(self._output_pin(output_name).state)

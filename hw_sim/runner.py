@@ -20,7 +20,10 @@ from buffer.store import Ack
 from drivers.controls import ControlPins, Controls
 from drivers.keystore import FileKeyStore
 from firmware.agent import Agent
-from firmware.config import Config
+from firmware.config import SCHEMA, Config
+from firmware.syncing import SyncRunner
+from drivers.dock import DockSense
+from sync.directory import DirectoryTarget
 from hw_sim.camera import SimCamera
 from hw_sim.clock import SimClock
 from hw_sim.gpio import SimGpio
@@ -36,7 +39,7 @@ class ScenarioError(Exception):
 @dataclass(frozen=True)
 class Step:
     at_s: float
-    action: str  # press | release
+    action: str  # press | release | dock | undock
     button: str = "record"
 
 
@@ -58,14 +61,18 @@ def hold(at_s: float, seconds: float, button: str = "record") -> list[Step]:
 
 
 def default_scenario(buffer_s: float = 60.0, record_s: float = 30.0) -> Scenario:
-    """Buffer 60 s, double-press, record 30 s, hold record 3 s to stop, run 3 s more."""
-    steps = double_press(buffer_s) + hold(buffer_s + record_s, 3.3)
-    return Scenario(steps, end_s=buffer_s + record_s + 3.3 + 3.0, name="default")
+    """Buffer 60 s, double-press, record 30 s, hold record 3 s to stop, then put the
+    camera in its dock (it syncs to the dock share) and let it sit there 2 s."""
+    stop_at = buffer_s + record_s
+    dock_at = stop_at + 3.3 + 3.0
+    steps = double_press(buffer_s) + hold(stop_at, 3.3) + [Step(dock_at, "dock")]
+    return Scenario(steps, end_s=dock_at + 2.0, name="default")
 
 
 def load_scenario(path: Path) -> Scenario:
     """TOML: ``end = 96.0`` and ``[[step]]`` tables with ``at``, ``action``
-    (double_press | hold | press | release), ``button`` and, for hold, ``seconds``."""
+    (double_press | hold | press | release | dock | undock), ``button`` and, for hold,
+    ``seconds``."""
     try:
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -84,6 +91,8 @@ def load_scenario(path: Path) -> Scenario:
             steps += hold(at, float(s.get("seconds", 3.3)), button)
         elif action in ("press", "release"):
             steps.append(Step(at, action, button))
+        elif action in ("dock", "undock"):
+            steps.append(Step(at, action))
         else:
             raise ScenarioError(f"{path}: step {i + 1}: unknown action {action!r}")
     if "end" not in raw:
@@ -115,6 +124,28 @@ class SimResult:
     frames: int = 0
     press_mono_ns: list[int] = field(default_factory=list)
     agent: Agent | None = None
+    dock_share: Path | None = None
+
+    def clip_dir(self, clip_id: str) -> Path:
+        """Where the clip is now: on the device, or (after a sync) on the dock share."""
+        local = self.store_dir / "clips" / clip_id
+        if local.is_dir() or self.dock_share is None:
+            return local
+        device = json.loads((self.store_dir / "device.json").read_text())["device_id"]
+        return self.dock_share / "devices" / device / "clips" / clip_id
+
+
+def recorded_clips(store_dir: Path) -> list[str]:
+    """Every clip the store has made, oldest first, released or not."""
+    import sqlite3
+    index = store_dir / "index.sqlite"
+    if not index.exists():
+        return []
+    db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in db.execute("SELECT clip_id FROM clips ORDER BY started_utc_ns, rowid")]
+    finally:
+        db.close()
 
 
 class Rig:
@@ -128,7 +159,8 @@ class Rig:
 
     def __init__(self, cfg: Config, workdir: Path, *, speed: float | None = None,
                  threaded: bool = False, ack_log: Path | None = None,
-                 device_id: str = SIM_DEVICE_ID, utc_start_ns: int | None = None) -> None:
+                 device_id: str = SIM_DEVICE_ID, utc_start_ns: int | None = None,
+                 dock_share: Path | None = None, target_factory=None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.keys, identity = ensure_keys(self.workdir, device_id)
@@ -148,9 +180,22 @@ class Rig:
         self.controls = Controls(self.pins, pin_factory=self.gpio.factory)
         self.result = SimResult(store_dir=self.workdir / "store", identity=identity)
         self._ack_file = open(ack_log, "a", buffering=1) if ack_log else None
+        self.dock_pin = cfg.dock.pin
+        self.dock_sense = DockSense(cfg.dock.pin, pin_factory=self.gpio.factory)
         self.agent = Agent(cfg, clock=self.clock, camera=self.camera, controls=self.controls,
                            keys=self.keys, store_dir=self.result.store_dir, threaded=threaded,
-                           on_ack=self._on_ack)
+                           on_ack=self._on_ack, dock=self.dock_sense,
+                           on_dock=lambda docked: self.sync.on_dock(docked))
+        # The simulator's dock share lives in the workdir unless the config names one.
+        self.dock_share = Path(dock_share) if dock_share else (
+            self.workdir / "dock-share" if cfg.sync.directory == SCHEMA["sync"]["directory"].default
+            else Path(cfg.sync.directory))
+        if target_factory is None and cfg.sync.target == "directory":
+            share = self.dock_share
+            share.mkdir(parents=True, exist_ok=True)  # the simulated dock's share is mounted
+            target_factory = lambda: DirectoryTarget(share)  # noqa: E731
+        self.sync = SyncRunner(cfg, agent=self.agent, clock=self.clock, threaded=threaded,
+                               target_factory=target_factory)
         self.result.agent = self.agent
         self._next_frame_ns = 0
         self._closed = False
@@ -181,6 +226,15 @@ class Rig:
         self.gpio.release(button)
         self.agent.poll()
 
+    def dock(self) -> None:
+        """Put the camera in its dock: VBUS appears on the dock-detect pin."""
+        self.gpio.set_input(self.dock_pin, True)
+        self.agent.poll()
+
+    def undock(self) -> None:
+        self.gpio.set_input(self.dock_pin, False)
+        self.agent.poll()
+
     def advance_to_ns(self, target: int) -> None:
         """Run virtual time to ``target``: ticks, frames at their times, agent polls."""
         while True:
@@ -206,15 +260,16 @@ class Rig:
         if not self._closed:
             self._closed = True
             try:
+                self.sync.close()  # a sync thread finishes its object and stops first
                 self.agent.stop()
             finally:
+                self.dock_sense.close()
                 self.controls.close()
                 self.gpio.close()
                 if self._ack_file:
                     self._ack_file.close()
-        clips = self.result.store_dir / "clips"
-        self.result.clip_ids = sorted(p.name for p in clips.iterdir() if p.is_dir()) \
-            if clips.is_dir() else []
+        self.result.clip_ids = recorded_clips(self.result.store_dir)
+        self.result.dock_share = self.dock_share
         return self.result
 
 
@@ -234,7 +289,10 @@ def run(cfg: Config, workdir: Path, scenario: Scenario, *, speed: float | None =
             if step.at_s > scenario.end_s:
                 break
             rig.advance_to_ns(t0 + int(step.at_s * 1e9))
-            (rig.press if step.action == "press" else rig.release)(step.button)
+            if step.action in ("dock", "undock"):
+                getattr(rig, step.action)()
+            else:
+                (rig.press if step.action == "press" else rig.release)(step.button)
             if progress:
                 progress(step.at_s, scenario.end_s)
         rig.advance_to_ns(t0 + int(scenario.end_s * 1e9))

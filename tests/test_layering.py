@@ -18,7 +18,7 @@ ALLOWED = {
     "buffer": {"buffer", "capture", "drivers"},
     "sync": {"sync", "buffer", "capture", "drivers"},
     "firmware": {"firmware", "sync", "buffer", "capture", "drivers", "hw_sim"},
-    "hw_sim": {"hw_sim", "firmware", "buffer", "capture", "drivers"},
+    "hw_sim": {"hw_sim", "firmware", "sync", "buffer", "capture", "drivers"},
 }
 PROJECT = set(ALLOWED)
 

@@ -7,6 +7,7 @@ that nothing unverifiable was deleted, and that the store still verifies.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -30,8 +31,10 @@ def open_store(work: Path) -> Store:
 
 
 def crash(store: Store) -> None:
-    """The process dies: no store.close(), so no clean-shutdown mark."""
+    """The process dies: no store.close(), so no clean-shutdown mark (the kernel drops
+    the dead process's store lock)."""
     store.db.close()
+    os.close(store._lock_fd)
 
 
 def sql(work: Path, statement: str, *args) -> list:

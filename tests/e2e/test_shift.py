@@ -1,4 +1,6 @@
-"""End to end on hw_sim: the default scenario at the default 1280x720, through export.
+"""End to end on hw_sim: the default scenario at the default 1280x720 — a shift, a
+clip, docking, sync to the dock share — then verify and export *from the share*, as
+the back office does.
 
 This is the test a court cares about: what the camera recorded is what the MP4 shows,
 every frame, with the pre-record window in front of the press and no frame missing
@@ -24,16 +26,21 @@ def shift(tmp_path_factory):
     cfg = validate({})  # all defaults: 1280x720, 30 fps, 2 s segments, 30 s pre-record
     res = runner.run(cfg, work, runner.default_scenario())
     assert len(res.clip_ids) == 1
-    clip_dir = res.store_dir / "clips" / res.clip_ids[0]
+    clip_dir = res.clip_dir(res.clip_ids[0])
+    assert res.dock_share in clip_dir.parents, "the dock did not sync the clip"
     out = export_clip(clip_dir, res.identity, work / "export" / "clip.mp4")
     return cfg, res, clip_dir, out
 
 
-def test_store_verifies(shift):
-    _, res, _, _ = shift
+def test_store_and_share_verify_and_the_device_was_freed(shift):
+    _, res, clip_dir, _ = shift
     report = verify_path(res.store_dir)
     assert report.ok, report.all_failures()
     assert report.audit_records >= 3
+    assert not (res.store_dir / "clips" / res.clip_ids[0]).exists()  # released after proof
+    pinned = res.store_dir.parent / "keys" / "device.json"  # the record the agency holds
+    shared = verify_path(clip_dir, device_key=pinned)
+    assert shared.ok, shared.all_failures()
 
 
 def test_mp4_decodes_without_error(shift):
