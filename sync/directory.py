@@ -159,7 +159,7 @@ class DirectoryTarget:
         return sorted(keys)
 
     def put(self, key: str, data: bytes, *, sha256: str, tags: dict[str, str],
-            legal_hold: bool = False) -> None:
+            legal_hold: bool = False, replace_corrupt: bool = False) -> None:
         """Create ``key`` durably unless it exists; identical bytes are a no-op.
 
         ``sha256`` is checked against ``data`` first (ValueError: not the share's
@@ -173,6 +173,22 @@ class DirectoryTarget:
             raise ValueError(f"{key}: data does not match its sha256 {sha256}; not written")
         self._require_root("put", key)
         try:
+            if replace_corrupt and path.exists():
+                self._write_sidecar(path, key, tags, legal_hold, sha256, len(data))
+                tmp = path.parent / f".{path.name}.{os.getpid()}.replace.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+                try:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+                dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+                return
             if path.exists():
                 self._same_or_conflict(key, path, len(data), sha256)
                 self._ensure_sidecar(key, path, tags, legal_hold, sha256, len(data))

@@ -228,19 +228,38 @@ class SyncEngine:
         if self.stop.is_set():
             raise SyncStopped()
         stat = self.target.stat(key)
+        ours = self.state.attempted(key) == sha  # we sent exactly these bytes here before
         if stat is None:
-            self.state.attempt(key, sha, self.clock.utc_ns())
-            self.target.put(key, data, sha256=sha, tags=tags, legal_hold=legal_hold)
-            self.report.objects_sent += 1
-            self.report.bytes_sent += len(data)
+            self._send(key, data, sha, tags, legal_hold)
         elif stat.size == len(data) and stat.sha256 in (sha, None):
             self.report.objects_already_there += 1  # sent before a cut; not sent again
+        elif ours:
+            self._send(key, data, sha, tags, legal_hold, replace_corrupt=True)
         else:
             raise ObjectConflict(f"{key}: the store holds different content (size {stat.size}, "
                                  f"sha256 {str(stat.sha256)[:16]}…); it is never overwritten")
-        conf = self._confirm(key, sha, len(data))
+        try:
+            conf = self._confirm(key, sha, len(data))
+        except NotConfirmed as first:
+            if not ours and self.state.attempted(key) != sha:
+                raise
+            # The store corrupted or lost *our own* upload of these bytes: send once more
+            # (a new version on S3); a second failure stands and the clip stays here.
+            event(log, "store did not hold our upload intact; sending again", level=logging.WARNING,
+                  key=key, error=str(first))
+            self.store.audit("fault", kind="sync_store_corrupted_upload", key=key, message=str(first))
+            self._send(key, data, sha, tags, legal_hold, replace_corrupt=True)
+            conf = self._confirm(key, sha, len(data))
         self.state.confirm(conf, self.clock.utc_ns())
         return conf
+
+    def _send(self, key: str, data: bytes, sha: str, tags: dict[str, str], legal_hold: bool,
+              replace_corrupt: bool = False) -> None:
+        self.state.attempt(key, sha, self.clock.utc_ns())
+        self.target.put(key, data, sha256=sha, tags=tags, legal_hold=legal_hold,
+                        replace_corrupt=replace_corrupt)
+        self.report.objects_sent += 1
+        self.report.bytes_sent += len(data)
 
     def _confirm(self, key: str, sha: str, size: int) -> Confirmation:
         """Proof that the store holds exactly these bytes, or NotConfirmed."""

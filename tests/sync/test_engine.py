@@ -47,10 +47,11 @@ class Recording:
     """A target wrapper that records and can misbehave; the real target underneath."""
 
     def __init__(self, inner, *, drop_after_ok=(), alter=(), fail_permanent=False,
-                 server_offset_ns=None, on_put=None):
+                 server_offset_ns=None, on_put=None, times=10**6):
         self.inner, self.description = inner, inner.description
         self.puts: list[str] = []
         self.drop, self.alter = set(drop_after_ok), set(alter)
+        self.times = {n: times for n in self.drop | self.alter}  # lies per name
         self.fail_permanent, self.server_offset_ns, self.on_put = fail_permanent, server_offset_ns, on_put
         self.clock = None
 
@@ -72,20 +73,24 @@ class Recording:
     def list(self, prefix):
         return self.inner.list(prefix)
 
-    def put(self, key, data, *, sha256, tags, legal_hold=False):
+    def put(self, key, data, *, sha256, tags, legal_hold=False, replace_corrupt=False):
         if self.fail_permanent:
             raise PermanentError("access denied by the evidence store (test)")
         self.puts.append(key)
         if self.on_put:
             self.on_put(key)
         name = key.rsplit("/", 1)[-1]
-        if name in self.drop:
+        lie = self.times.get(name, 0) > 0
+        if lie:
+            self.times[name] -= 1
+        if lie and name in self.drop:
             return  # says OK, stores nothing
-        if name in self.alter:
+        if lie and name in self.alter:
             data = data[:-1] + bytes([data[-1] ^ 1])  # says OK, stores other bytes
             import hashlib
             sha256 = hashlib.sha256(data).hexdigest()
-        self.inner.put(key, data, sha256=sha256, tags=tags, legal_hold=legal_hold)
+        self.inner.put(key, data, sha256=sha256, tags=tags, legal_hold=legal_hold,
+                       replace_corrupt=replace_corrupt)
 
 
 def test_sync_releases_every_clip_and_the_share_verifies(store_copy, tmp_path):
@@ -152,6 +157,24 @@ def test_a_lying_store_never_leads_to_a_release(store_copy, tmp_path, fault):
     if fault == "drop":  # the store really lost it: the next sync sends it and completes
         rep2 = engine(store, share_at(tmp_path)).run()
         assert first.clip_id in rep2.released
+    store.close()
+
+
+@pytest.mark.parametrize("fault", ["drop", "alter"])
+def test_a_store_that_corrupts_our_upload_once_gets_it_again(store_copy, tmp_path, fault):
+    """Our own bytes under our own key, not held intact: sent once more, then proven."""
+    store = open_store(store_copy)
+    first = store.closed_clips()[0]
+    victim = first.files[1].name
+    kw = {"drop_after_ok": [victim]} if fault == "drop" else {"alter": [victim]}
+    share = Recording(share_at(tmp_path), times=1, **kw)
+    rep = engine(store, share, verify="read-back").run()
+    assert rep.status == "complete" and first.clip_id in rep.released
+    assert [k for k in share.puts if k.endswith(victim)].__len__() == 2
+    assert verify_clip(tmp_path / "share" / "devices" / DEVICE / "clips" / first.clip_id,
+                       store.device).ok
+    assert any(e["event"] == "fault" and e["data"]["kind"] == "sync_store_corrupted_upload"
+               for e in audit_events(store.root))
     store.close()
 
 
