@@ -6,7 +6,7 @@
     .venv/bin/python bench/bench.py --only seal,rtf    # some parts only
     .venv/bin/python bench/bench.py --shift-hours 12   # the memory part over a full shift
 
-Four parts, each printed as a table, then one JSON line with every figure:
+Five parts, each printed as a table, then one JSON line with every figure:
 
 1. seal     sealing throughput (buffer.seal.seal) on a real 2 s, ~16 Mbit/s 1080p30
             MPEG-TS segment beside the machine's ceiling for the same bytes
@@ -21,6 +21,12 @@ Four parts, each printed as a table, then one JSON line with every figure:
             one (as the device runs).
 4. memory   RSS of the real agent on hw_sim (320x240) over a virtual shift of buffering
             with one recording, sampled every 10 virtual minutes.
+5. sync     dock sync throughput: the real SyncEngine (verify="checksum", S3Target with
+            product defaults) pushing one closed clip of ~4 MB sealed 1080p segments to a
+            moto S3 server process on 127.0.0.1, beside boto3's own upload_file (default
+            TransferConfig) of the same files to the same server and bucket, as a ratio
+            ("sync limited by the link, not by the agent"); with the engine's time per
+            object and per step (thin timing subclasses in this file, product untouched).
 
 Nothing here asserts a timing: the machines are shared and noisy, so the bench reports
 medians of repeats and the targets beside them, and leaves judgement to the reader.
@@ -65,7 +71,7 @@ from hw_sim.runner import SIM_DEVICE_ID, TICK_NS, ensure_keys  # noqa: E402
 
 S = 10**9
 MS = 10**6
-TARGETS = {"seal_ratio_min": 0.7, "rtf_min": 50.0, "latency_ms_max": 50.0}
+TARGETS = {"seal_ratio_min": 0.7, "rtf_min": 50.0, "latency_ms_max": 50.0, "sync_ratio_min": 0.9}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -703,6 +709,353 @@ def bench_memory(root: Path, hours: float, fps: int, sample_min: float) -> dict:
     return res
 
 
+# -------------------------------------------------------------------------- 5. sync
+SYNC_CREDS = ("bench-key-id", "bench-secret")
+MOTO_START_TIMEOUT_S = 30.0
+
+
+class Moto:
+    """moto's S3 server as a process on loopback (as tests/sync/conftest.py starts it):
+    the evidence store for this part, started once and stopped at the end."""
+
+    def __init__(self, log_dir: Path) -> None:
+        import socket
+        import subprocess
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = log_dir / f"moto-{self.port}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                          "-p", str(self.port)], stdout=out, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + MOTO_START_TIMEOUT_S
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited ({self.proc.returncode}): "
+                                   f"{self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"GET /moto-api/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(12).startswith(b"HTTP/1."):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"moto server did not answer within {MOTO_START_TIMEOUT_S} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        import subprocess
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class _SyncTimes:
+    """Seconds and calls per (category, name); ``cat`` is the object being pushed
+    (clip / device / audit / run), ``phase`` the engine step the store call belongs to."""
+
+    def __init__(self) -> None:
+        self.t: dict[tuple[str, str], list] = {}
+        self.cat = "run"
+        self.phase = "other"
+
+    def add(self, name: str, dt: float, cat: str | None = None) -> None:
+        e = self.t.setdefault((cat or self.cat, name), [0.0, 0])
+        e[0] += dt
+        e[1] += 1
+
+    def s(self, cat: str, name: str) -> float:
+        return self.t.get((cat, name), (0.0, 0))[0]
+
+    def n(self, cat: str, name: str) -> int:
+        return self.t.get((cat, name), (0.0, 0))[1]
+
+    def wrap(self, name: str, fn):
+        pc = time.perf_counter
+
+        def timed(*a, **k):
+            t0 = pc()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.add(name, pc() - t0)
+        return timed
+
+
+class _TimedClient:
+    """The target's boto3 client, each S3 call timed under the engine step it serves."""
+
+    OPS = ("head_object", "put_object", "head_bucket", "get_object_lock_configuration",
+           "get_object", "list_objects_v2", "put_object_legal_hold")
+
+    def __init__(self, client, times: _SyncTimes) -> None:
+        self._c, self._t = client, times
+
+    def __getattr__(self, name):
+        attr = getattr(self._c, name)
+        if name not in self.OPS:
+            return attr
+        t = self._t
+
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return attr(*a, **k)
+            finally:
+                t.add(f"{t.phase}.{name}", time.perf_counter() - t0)
+        return timed
+
+
+def _timed_sync_classes(times: _SyncTimes):
+    """Thin subclasses of the real engine, sync state and store view: each override
+    only notes the time and calls the product's own method."""
+    from sync.access import StoreView
+    from sync.engine import SyncEngine
+    from sync.state import SyncState
+
+    class TimedState(SyncState):
+        pass
+
+    for m in ("confirmed", "confirm", "attempted", "attempt", "meta", "set_meta", "forget_prefix"):
+        def make(m=m):
+            base = getattr(SyncState, m)
+
+            def method(self, *a, **k):
+                t0 = time.perf_counter()
+                try:
+                    return base(self, *a, **k)
+                finally:
+                    times.add(f"sqlite.{m}", time.perf_counter() - t0)
+            return method
+        setattr(TimedState, m, make())
+
+    class TimedView(StoreView):
+        def release_clip(self, clip_id, *, target, proof):
+            t0 = time.perf_counter()
+            try:
+                return super().release_clip(clip_id, target=target, proof=proof)
+            finally:
+                times.add("release_clip", time.perf_counter() - t0)
+
+        def audit(self, event, **data):
+            t0 = time.perf_counter()
+            try:
+                return super().audit(event, **data)
+            finally:
+                times.add("audit_append", time.perf_counter() - t0)
+
+    class TimedEngine(SyncEngine):
+        def _push_object(self, key, data, *, tags, legal_hold):
+            prev = times.cat
+            times.cat = ("device" if key.endswith("/device.json") else
+                         "audit" if "/audit/" in key else "clip")
+            times.phase = "stat"  # the engine's own HEAD before it decides to send
+            t0 = time.perf_counter()
+            try:
+                return super()._push_object(key, data, tags=tags, legal_hold=legal_hold)
+            finally:
+                times.add("push_object", time.perf_counter() - t0)
+                times.cat, times.phase = prev, "other"
+
+        def _sync_clip(self, clip, prog):
+            times.cat = "clip_glue"  # progress commits, release, forget: around the objects
+            t0 = time.perf_counter()
+            try:
+                return super()._sync_clip(clip, prog)
+            finally:
+                times.add("sync_clip", time.perf_counter() - t0, cat="run")
+                times.cat = "run"
+
+        def _push_audit_log(self):
+            times.cat = "audit_glue"
+            t0 = time.perf_counter()
+            try:
+                return super()._push_audit_log()
+            finally:
+                times.add("push_audit_log", time.perf_counter() - t0, cat="run")
+                times.cat = "run"
+
+    return TimedEngine, TimedState, TimedView
+
+
+def _sync_store(raw: RawSegment, fps: int, root: Path, segments: int) -> tuple[Path, str, list[Path]]:
+    """A store holding one closed clip of ``segments`` sealed copies of the real 1080p
+    segment, each appended with fresh clock times (what a recording leaves to sync)."""
+    import dataclasses
+    keys, _ = ensure_keys(root / "keys-root")
+    store_dir = root / "store"
+    init_store(store_dir, keys.device())
+    clock = SimClock(utc_start_ns=time.time_ns())  # near real time: no clock alarm at dock
+    st = Store.open(store_dir, keys, clock, StoreSettings(frame_interval_ns=round(S / fps)),
+                    officer_id="4711")
+    dur = raw.end_mono_ns - raw.start_mono_ns
+    clip_id = st.open_clip(press_mono_ns=clock.monotonic_ns(), started_utc_ns=clock.utc_ns())
+    for _ in range(segments):
+        m, u = clock.monotonic_ns(), clock.utc_ns()
+        st.append(dataclasses.replace(raw, start_mono_ns=m, end_mono_ns=m + dur,
+                                      start_utc_ns=u, end_utc_ns=u + dur), clip_id=clip_id)
+        clock.advance(dur)
+    st.close_clip(clip_id, stop_reason="record_button", stopped_utc_ns=None)
+    (clip,) = st.closed_clips()
+    st.close()
+    return store_dir, clip_id, [f.path for f in clip.files]
+
+
+def bench_sync(raw: RawSegment, fps: int, root: Path, segments: int, repeats: int) -> dict:
+    import boto3
+
+    import sync.engine as engine_mod
+    from sync.engine import SyncSettings
+    from sync.s3 import S3Target
+
+    work = root / "sync"
+    work.mkdir()
+    t_setup = time.perf_counter()
+    template, clip_id, files = _sync_store(raw, fps, work, segments)
+    setup_store_s = time.perf_counter() - t_setup
+    keys, _ = ensure_keys(work / "keys-root")
+    device_id = keys.device().device_id
+    sizes = [p.stat().st_size for p in files]
+    clip_bytes = sum(sizes)
+    mb = clip_bytes / 1e6
+    n_obj = len(files)
+    moto = Moto(work)
+    try:
+        client = boto3.session.Session().client(  # boto3's defaults, as a user would have it
+            "s3", endpoint_url=moto.url, region_name="us-east-1",
+            aws_access_key_id=SYNC_CREDS[0], aws_secret_access_key=SYNC_CREDS[1])
+
+        def new_bucket() -> str:
+            name = f"bwv-bench-{uuid.uuid4().hex[:12]}"
+            # as `bwv store init` leaves it: Object Lock (so versioning) on
+            client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+            return name
+
+        def run_boto(bucket: str) -> float:
+            prefix = f"baseline/{uuid.uuid4().hex[:8]}/"
+            w0 = time.perf_counter()
+            for p in files:
+                client.upload_file(str(p), bucket, prefix + p.name)
+            return time.perf_counter() - w0
+
+        def run_engine(bucket: str, i: int) -> tuple[float, _SyncTimes]:
+            copy = work / f"engine-{i}"
+            shutil.copytree(template, copy)  # a fresh store + no sync state: nothing is "already there"
+            st = Store.open(copy, keys, SimClock(utc_start_ns=time.time_ns()), StoreSettings(),
+                            officer_id="4711")
+            times = _SyncTimes()
+            eng_cls, state_cls, view_cls = _timed_sync_classes(times)
+            state = state_cls(copy / "sync.sqlite")
+            tgt = S3Target(moto.url, bucket, credentials=SYNC_CREDS)  # product defaults
+            tgt._client = _TimedClient(tgt._client, times)
+            eng = eng_cls(store=view_cls(st), target=tgt, state=state, clock=st.clock,
+                          settings=SyncSettings(device_id=device_id, correct_clock=False))
+            real_sha = engine_mod.sha256_hex
+            engine_mod.sha256_hex = times.wrap("sha256", real_sha)
+            try:
+                gc.collect()
+                w0 = time.perf_counter()
+                rep = eng.run()
+                wall = time.perf_counter() - w0
+            finally:
+                engine_mod.sha256_hex = real_sha
+                state.close()
+                st.close()
+                shutil.rmtree(copy, ignore_errors=True)
+            if rep.status != "complete" or rep.released != [clip_id] or rep.objects_already_there:
+                raise RuntimeError(f"sync run did not push and release the clip: {rep.as_dict()}")
+            times.add("run", wall, cat="run")
+            return wall, times
+
+        # Warm-up (not counted): first requests, first clients, first bucket.
+        wb = new_bucket()
+        client.upload_file(str(files[-1]), wb, "warmup/manifest")
+        warm = S3Target(moto.url, wb, credentials=SYNC_CREDS)
+        warm.probe()
+        warm.put("warmup/x", b"x", sha256=hashlib.sha256(b"x").hexdigest(), tags={"a": "b"})
+
+        eng_wall, boto_wall, runs = [], [], []
+        for i in range(repeats):
+            bucket = new_bucket()  # fresh per repeat; the two runs use other prefixes in it
+            order = ("engine", "boto") if i % 2 == 0 else ("boto", "engine")
+            for who in order:
+                if who == "engine":
+                    w, t = run_engine(bucket, i)
+                    eng_wall.append(w)
+                    runs.append(t)
+                else:
+                    boto_wall.append(run_boto(bucket))
+    finally:
+        moto.stop()
+
+    e, b = med(eng_wall), med(boto_wall)
+    res = {"segments": segments, "objects": n_obj, "clip_bytes": clip_bytes,
+           "object_mb_median": med(sizes[:-1]) / 1e6, "manifest_bytes": sizes[-1], "repeats": repeats,
+           "engine_wall_s": e, "boto3_wall_s": b, "engine_wall_s_all": eng_wall,
+           "boto3_wall_s_all": boto_wall, "engine_MBps": mb / e, "boto3_MBps": mb / b,
+           "ratio": b / e, "setup_store_s": setup_store_s, "moto": version("moto"),
+           "boto3": version("boto3")}
+
+    # The breakdowns come from the median engine run, so its parts add up to its wall.
+    mid = sorted(range(len(eng_wall)), key=eng_wall.__getitem__)[len(eng_wall) // 2]
+    T, e_mid = runs[mid], eng_wall[mid]
+
+    def m(cat, name):
+        return T.s(cat, name)
+
+    def mc(cat, name):
+        return T.n(cat, name)
+
+    # Where the engine's time goes. Sending and proving overlap (a second thread proves
+    # object i while object i+1 is sent), so S3 call times below add up to more than
+    # the wall time: they say what is done per object, not what is on the critical path.
+    ops: dict[str, tuple[int, float]] = {}
+    for (cat, name), (total, n) in T.t.items():
+        if "." in name and name.split(".", 1)[1] in _TimedClient.OPS:
+            op = name.split(".", 1)[1]
+            c, t = ops.get(op, (0, 0.0))
+            ops[op] = (c + n, t + total)
+    res["s3_calls"] = {op: {"count": c, "per_object": c / n_obj, "mean_ms": t / c * 1e3 if c else 0}
+                       for op, (c, t) in sorted(ops.items())}
+    run = {"probe (HEAD bucket + object lock)": (m("run", "other.head_bucket")
+                                                 + m("run", "other.get_object_lock_configuration")),
+           "device.json push": m("device", "push_object"),
+           "clip: send + prove all objects, release": m("run", "sync_clip"),
+           "  of which release_clip (proof vs recorded SHA-256, audit, unlink, fsync)":
+               m("clip_glue", "release_clip"),
+           "audit log push": m("run", "push_audit_log")}
+    run["other (run start/end, progress)"] = e_mid - sum(v for k, v in run.items() if not k.startswith("  "))
+    res["per_run_ms"] = {k: v * 1e3 for k, v in run.items()}
+    res["per_run_ms"]["engine run() total"] = e_mid * 1e3
+    res["per_run_ms"]["boto3 upload_file total"] = b * 1e3
+
+    table(f"5. Sync: one closed clip, {segments} sealed 1080p segments + manifest = {n_obj} objects, "
+          f"{mb:.1f} MB, to moto {res['moto']} on 127.0.0.1 (fresh bucket per repeat, Object Lock on) "
+          f"— median of {repeats}",
+          ["pusher", "wall s", "MB/s", "runs (s)"],
+          [["SyncEngine.run() (verify=checksum)", f3(e), f1(mb / e), " ".join(f2(x) for x in eng_wall)],
+           [f"boto3 {res['boto3']} upload_file (default TransferConfig)", f3(b), f1(mb / b),
+            " ".join(f2(x) for x in boto_wall)]])
+    print(f"  engine / boto3 throughput: {res['ratio']:.2f}   target >= {TARGETS['sync_ratio_min']}  "
+          "(the engine also proves every object and releases the clip; boto3 only uploads)")
+    rows = [[op, str(v["count"]), f2(v["per_object"]), f2(v["mean_ms"])]
+            for op, v in res["s3_calls"].items()]
+    table("5b. S3 calls of the median engine run (proofs overlap the next object's send)",
+          ["call", "count", "per object", "mean ms"], rows)
+    rows = [[k, f1(v), f"{v / (e * 1e3) * 100:.0f} %" if "boto3" not in k else ""]
+            for k, v in res["per_run_ms"].items()]
+    table("5c. Engine run() time by step (median run)", ["step", "ms", "of run"], rows)
+    print(f"  (store of {segments} segments sealed and written in {setup_store_s:.1f} s; not counted. "
+          f"Each engine repeat runs on a fresh copy of it with no sync state)")
+    return res
+
+
 def memory_in_child(root: Path, hours: float, fps: int) -> dict:
     import subprocess
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--only", "memory",
@@ -721,8 +1074,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller runs (~40 s in all)")
-    ap.add_argument("--only", default="seal,rtf,latency,memory",
-                    help="comma list of parts: seal,rtf,latency,memory")
+    ap.add_argument("--only", default="seal,rtf,latency,memory,sync",
+                    help="comma list of parts: seal,rtf,latency,memory,sync")
     ap.add_argument("--repeats", type=int, help="sealing repeats (default 15, quick 5)")
     ap.add_argument("--rtf-seconds", type=float, help="seconds of video per replay (default 40, quick 16)")
     ap.add_argument("--rtf-repeats", type=int, help="replays (default 3, quick 2)")
@@ -732,6 +1085,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-fps", type=int, default=5,
                     help="frame rate of the memory run (default 5: a 2 h shift is 3600 segments "
                          "either way; fewer frames keep it under a minute)")
+    ap.add_argument("--sync-segments", type=int,
+                    help="~4 MB segments in the synced clip (default 24, quick 10)")
+    ap.add_argument("--sync-repeats", type=int, help="sync repeats, each pusher (default 3, quick 3)")
     ap.add_argument("--tmp", help="directory for stores and keys (default: a new temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -745,7 +1101,7 @@ def main(argv=None) -> int:
         if not a.child:
             out["machine"] = machine_header(root)
         keys, _ = ensure_keys(root / "keys-root")
-        if parts & {"seal", "rtf"}:
+        if parts & {"seal", "rtf", "sync"}:
             foot = Footage(seconds=4 if q else 6)
             out["footage"] = {"frames": len(foot.packets), "mbit_s": round(foot.mbit_s, 2),
                               "encode_wall_s": round(foot.encode_s, 2)}
@@ -754,6 +1110,7 @@ def main(argv=None) -> int:
             if "rtf" in parts:
                 out["rtf"] = bench_rtf(foot, keys, a.rtf_seconds or (16 if q else 40),
                                        a.rtf_repeats or (2 if q else 3), root)
+            sync_seg = (foot.segment, foot.fps)  # the real segment, for part 5 (last)
             del foot
         if "latency" in parts:
             out["latency"] = bench_latency(root, a.trials if a.trials is not None else (10 if q else 50),
@@ -765,6 +1122,9 @@ def main(argv=None) -> int:
                 out["memory"] = bench_memory(root, hours, a.mem_fps, 10.0)
             else:  # a fresh process, so RSS is the agent's and not the other parts' leftovers
                 out["memory"] = memory_in_child(root, hours, a.mem_fps)
+        if "sync" in parts:
+            out["sync"] = bench_sync(*sync_seg, root, a.sync_segments or (10 if q else 24),
+                                     a.sync_repeats or 3)
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -786,6 +1146,9 @@ def main(argv=None) -> int:
         "rss_slope_mb_per_h_second_half": out.get("memory", {}).get("rss_slope_mb_per_h_second_half"),
         "rss_max_mb": out.get("memory", {}).get("rss_max_mb"),
         "rss_slope_mb_per_h": out.get("memory", {}).get("rss_slope_mb_per_h"),
+        "sync_ratio": out.get("sync", {}).get("ratio"),
+        "sync_engine_MBps": out.get("sync", {}).get("engine_MBps"),
+        "sync_boto3_MBps": out.get("sync", {}).get("boto3_MBps"),
     }
     out["summary"] = summary
     print(json.dumps(clean(out), sort_keys=True, allow_nan=False))

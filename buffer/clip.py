@@ -40,7 +40,9 @@ def find_gaps(segments: list[ClipSegmentRef], frame_interval_ns: int) -> list[di
 def manifest_body(*, clip_id: str, device_id: str, officer_id: str,
                   segments: list[ClipSegmentRef], started_utc_ns: int, stopped_utc_ns: int,
                   start_reason: str, stop_reason: str, pre_record_ns: int,
-                  frame_interval_ns: int, closed_utc_ns: int, notes: list[str]) -> dict:
+                  frame_interval_ns: int, closed_utc_ns: int, notes: list[str],
+                  incident_id: str | None = None, part: int = 1,
+                  previous_clip: str | None = None, markers: list[dict] | None = None) -> dict:
     return {
         "format": CLIP_FORMAT,
         "clip_id": clip_id,
@@ -59,6 +61,10 @@ def manifest_body(*, clip_id: str, device_id: str, officer_id: str,
         "pre_record_s": pre_record_ns / 1e9,
         "gaps": find_gaps(segments, frame_interval_ns),
         "notes": notes,
+        "incident_id": incident_id or clip_id,
+        "part": part,
+        "previous_clip": previous_clip,
+        "markers": markers or [],
     }
 
 

@@ -1,9 +1,12 @@
 """Back-office export: verify a clip, decrypt it with the agency identity, remux to MP4.
 
-The H.264 frames are copied, never re-encoded, so every frame in the MP4 can be checked
-against the SHA-256 the device signed for it; export does that check on its own output
-before it reports success. Timestamps keep the device's capture timeline, so a gap in
-the clip stays a gap in the MP4 and is listed in the report (never closed up).
+The H.264 frames and the AAC packets are copied, never re-encoded, so every frame and
+every audio packet in the MP4 can be checked against the SHA-256 the device signed for
+it; export does that check on its own output before it reports success. Timestamps
+keep the device's capture timeline, so a gap in the clip (or a hole in its audio: mute,
+a microphone dropout, pre-record without audio) stays a gap in the MP4 and is listed in
+the report (never closed up). Segments without audio simply have no audio in the MP4
+for their time span.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from buffer import envelope
 from buffer.agency import load_identity
 from buffer.verify import ClipReport, verify_clip
 from capture.framehash import frame_hash_annexb, frame_hash_avcc
+from capture.segmenter import AUDIO_HASH_ALG, audio_packet_hash
 from drivers.keystore import DeviceRecord
 
 EXPORT_FORMAT = "bwv-export-report/1"
@@ -53,28 +57,49 @@ def _decrypt(payload: bytes, identity, seq: int, identity_path: Path | str = "th
                           "is it the agency key this camera encrypts to?") from None
 
 
-def _remux(ts_parts: list[bytes], out_path: Path) -> int:
-    """Copy every video packet of the TS segments into one MP4; returns packets written."""
-    written = 0
+def _remux(ts_parts: list[bytes], out_path: Path) -> tuple[int, int]:
+    """Copy every video and audio packet of the TS segments into one MP4 (the mp4
+    muxer's automatic ``aac_adtstoasc`` filter turns ADTS into raw samples + esds).
+    Returns (video packets, audio packets) written."""
+    video = audio = 0
     base = None
+    audio_template = None  # the first segment that has audio gives the track's layout
+    for ts in ts_parts:
+        with av.open(io.BytesIO(ts), "r", format="mpegts") as inp:
+            if base is None:
+                base = next(p.dts for p in inp.demux(inp.streams.video[0]) if p.dts is not None)
+            if inp.streams.audio:
+                audio_template = ts
+                break
     with av.open(str(out_path), "w", format="mp4") as out:
-        ostream = None
+        vout = aout = None
+        if audio_template is not None:
+            # Both tracks must exist before the first packet is written.
+            with av.open(io.BytesIO(audio_template), "r", format="mpegts") as inp:
+                vout = out.add_stream_from_template(inp.streams.video[0])
+                aout = out.add_stream_from_template(inp.streams.audio[0])
         for ts in ts_parts:
             with av.open(io.BytesIO(ts), "r", format="mpegts") as inp:
-                istream = inp.streams.video[0]
-                if ostream is None:
-                    ostream = out.add_stream_from_template(istream)
-                for pkt in inp.demux(istream):
+                vin = inp.streams.video[0]
+                ain = inp.streams.audio[0] if inp.streams.audio else None
+                if vout is None:
+                    vout = out.add_stream_from_template(vin)
+                streams = [vin] + ([ain] if ain is not None else [])
+                for pkt in inp.demux(streams):
                     if pkt.dts is None or pkt.size == 0:
                         continue  # demuxer flush packet
                     if base is None:
                         base = pkt.dts
                     pkt.pts -= base
                     pkt.dts -= base
-                    pkt.stream = ostream
+                    if pkt.stream is vin:
+                        pkt.stream = vout
+                        video += 1
+                    else:
+                        pkt.stream = aout
+                        audio += 1
                     out.mux(pkt)
-                    written += 1
-    return written
+    return video, audio
 
 
 def _check_mp4_frames(mp4: Path, expected: list[str]) -> tuple[int, list[int]]:
@@ -88,6 +113,50 @@ def _check_mp4_frames(mp4: Path, expected: list[str]) -> tuple[int, list[int]]:
     if len(got) != len(expected):
         mismatched.append(min(len(got), len(expected)))
     return len(got), mismatched
+
+
+def _check_mp4_audio(mp4: Path, expected: list[str]) -> tuple[int, list[int]]:
+    """Hash each MP4 audio sample (``sha256-aac-raw``) against the signed packet hashes."""
+    got: list[str] = []
+    with av.open(str(mp4)) as c:
+        if c.streams.audio:
+            for pkt in c.demux(c.streams.audio[0]):
+                if pkt.size:
+                    got.append(audio_packet_hash(bytes(pkt)))
+    mismatched = [i for i, (a, b) in enumerate(zip(got, expected)) if a != b]
+    if len(got) != len(expected):
+        mismatched.append(min(len(got), len(expected)))
+    return len(got), mismatched
+
+
+def _audio_report(headers: list[dict], checked: int) -> dict | None:
+    """What the report says about audio: format, counts, and every hole in the audio
+    timeline between the clip's first and last audio packet (inside a segment, or
+    between segments: mute, dropout, a segment without audio)."""
+    with_audio = [h for h in headers if h.get("audio")]
+    if not with_audio:
+        return None
+    first = with_audio[0]["audio"]
+    holes: list[dict] = []
+    prev_end = None
+    for h in with_audio:
+        a = h["audio"]
+        step = round(a["samples_per_packet"] * 10**9 / a["sample_rate"])
+        if prev_end is not None and a["start_mono_ns"] - prev_end > step // 2:
+            holes.append({"start_mono_ns": prev_end, "duration_ns": a["start_mono_ns"] - prev_end})
+        holes += [{"start_mono_ns": g["at_mono_ns"], "duration_ns": g["duration_ns"]}
+                  for g in a.get("gaps", [])]
+        prev_end = a["end_mono_ns"]
+    return {
+        "codec": first["codec"], "sample_rate": first["sample_rate"],
+        "channels": first["channels"],
+        "packet_count": sum(h["audio"]["packet_count"] for h in with_audio),
+        "packets_checked_against_signatures": checked,
+        "packet_hash_alg": AUDIO_HASH_ALG,
+        "segments_with_audio": len(with_audio),
+        "first_packet_utc": first["start_utc"],
+        "holes": holes,
+    }
 
 
 def export_clip(clip_dir: Path, identity_path: Path, out_mp4: Path, *,
@@ -106,19 +175,23 @@ def export_clip(clip_dir: Path, identity_path: Path, out_mp4: Path, *,
                               f"{seg.seq} is encrypted to {theirs}: wrong agency identity")
     out_mp4 = Path(out_mp4)
     out_mp4.parent.mkdir(parents=True, exist_ok=True)
-    ts_parts, expected = [], []
+    ts_parts, expected, expected_audio = [], [], []
     total = len(report.segments)
     for i, seg in enumerate(report.segments):
         data = (Path(clip_dir) / seg.file).read_bytes()
         env = envelope.parse(data, envelope.SEGMENT_MAGIC)
         ts_parts.append(_decrypt(data[env.payload_offset:], identity, seg.seq or -1, identity_path))
         expected += list(seg.header["frame_hashes"])  # type: ignore[index]
+        audio = seg.header.get("audio")  # type: ignore[union-attr]
+        if audio:
+            expected_audio += list(audio["packet_hashes"])
         if progress:
             progress(i + 1, total)
     tmp = out_mp4.with_name(f".{out_mp4.name}.tmp")
     try:
-        written = _remux(ts_parts, tmp)
+        written, written_audio = _remux(ts_parts, tmp)
         checked, mismatched = _check_mp4_frames(tmp, expected)
+        checked_audio, mismatched_audio = _check_mp4_audio(tmp, expected_audio)
     except av.error.FFmpegError as exc:
         tmp.unlink(missing_ok=True)
         raise ExportError(f"remux failed: {exc}") from None
@@ -126,6 +199,11 @@ def export_clip(clip_dir: Path, identity_path: Path, out_mp4: Path, *,
         tmp.unlink(missing_ok=True)
         raise ExportError(f"exported frames do not match the signed frame hashes "
                           f"(first mismatch at frame {mismatched[0] if mismatched else written})")
+    if mismatched_audio or written_audio != len(expected_audio):
+        tmp.unlink(missing_ok=True)
+        first_bad = mismatched_audio[0] if mismatched_audio else written_audio
+        raise ExportError(f"exported audio does not match the signed audio packet hashes "
+                          f"(first mismatch at audio packet {first_bad})")
     os.replace(tmp, out_mp4)
     m = report.manifest or {}
     headers = [s.header for s in report.segments if s.header]
@@ -145,6 +223,7 @@ def export_clip(clip_dir: Path, identity_path: Path, out_mp4: Path, *,
         "segment_count": len(report.segments),
         "frame_count": len(expected),
         "frames_checked_against_signatures": checked,
+        "audio": _audio_report(headers, checked_audio),
         "gaps": report.gaps,
         "verification": report.as_dict(),
         "mp4": {"file": out_mp4.name, "sha256": hashlib.sha256(out_mp4.read_bytes()).hexdigest(),

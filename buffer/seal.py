@@ -40,6 +40,24 @@ class SealedSegment:
     header: dict
 
 
+def audio_header(raw: RawSegment) -> dict | None:
+    """The header's ``audio`` object (docs/FORMAT.md §3.1); None when the segment's TS
+    has no audio stream."""
+    a = raw.audio
+    if a is None:
+        return None
+    return {
+        "codec": a.codec, "container": "mpegts-adts", "sample_rate": a.sample_rate,
+        "channels": a.channels, "samples_per_packet": a.samples_per_packet,
+        "packet_count": a.packet_count,
+        "start_utc": iso_utc(a.start_utc_ns), "end_utc": iso_utc(a.end_utc_ns),
+        "start_mono_ns": a.start_mono_ns, "end_mono_ns": a.end_mono_ns,
+        "gaps": [{"at_mono_ns": at, "duration_ns": d} for at, d in a.gaps],
+        "packet_hash_alg": a.hash_alg,
+        "packet_hashes": list(a.packet_hashes),
+    }
+
+
 def segment_header(raw: RawSegment, *, ctx: SealContext, seq: int, prev_hash: str,
                    clock: ClockState, payload: bytes, gps: dict | None = None) -> dict:
     info = raw.info
@@ -67,6 +85,7 @@ def segment_header(raw: RawSegment, *, ctx: SealContext, seq: int, prev_hash: st
         },
         "frame_hash_alg": "sha256-vcl-len4",
         "frame_hashes": list(raw.frame_hashes),
+        "audio": audio_header(raw),
         "payload": {
             "encryption": "age-v1-x25519",
             "recipient": ctx.recipient,

@@ -39,7 +39,7 @@ from buffer.fsutil import (TMP_SUFFIX, fsync_dir, mkdir_durable, move_durable,
                            unlink_durable, write_durable)
 from buffer.seal import GENESIS_HASH, SealContext, seal
 from capture.segmenter import RawSegment
-from drivers.clock import Clock, parse_iso_utc
+from drivers.clock import Clock, iso_utc, parse_iso_utc
 from drivers.keystore import DeviceRecord, KeyStore
 
 STORE_FORMAT = "bwv-store/1"
@@ -64,6 +64,19 @@ class ReleaseRefused(StoreError):
 
 
 @dataclass(frozen=True)
+class FileRef:
+    """A file to push and the SHA-256/size buffer recorded when it wrote it."""
+
+    path: Path
+    sha256: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
 class ClipFiles:
     """A closed clip as sync sees it: what to push, in order (manifest last)."""
 
@@ -71,7 +84,7 @@ class ClipFiles:
     started_utc_ns: int
     classification: str
     manifest_hash: str
-    files: list[Path]
+    files: list[FileRef]
 
 
 def seg_name(seq: int) -> str:
@@ -89,6 +102,8 @@ class StoreSettings:
     max_bytes: int = 8 * 1024**3
     nearly_full_fraction: float = 0.9
     frame_interval_ns: int = 33_333_333
+    default_classification: str = "non-evidential"
+    marker_makes_evidential: bool = True
 
 
 @dataclass(frozen=True)
@@ -124,13 +139,16 @@ CREATE TABLE IF NOT EXISTS segments (
     seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, stream_id TEXT NOT NULL,
     clip_id TEXT, size INTEGER NOT NULL,
     start_mono_ns INTEGER NOT NULL, end_mono_ns INTEGER NOT NULL,
-    start_utc_ns INTEGER NOT NULL, end_utc_ns INTEGER NOT NULL);
+    start_utc_ns INTEGER NOT NULL, end_utc_ns INTEGER NOT NULL,
+    file_sha256 TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS segments_clip ON segments(clip_id);
 CREATE TABLE IF NOT EXISTS clips (
     clip_id TEXT PRIMARY KEY,
     state TEXT NOT NULL CHECK (state IN ('open','closed','released')),
     classification TEXT NOT NULL DEFAULT 'non-evidential'
         CHECK (classification IN ('evidential','non-evidential')),
+    incident_id TEXT, part INTEGER NOT NULL DEFAULT 1, previous_clip TEXT,
+    manifest_sha256 TEXT,
     officer_id TEXT NOT NULL, started_utc_ns INTEGER NOT NULL,
     press_mono_ns INTEGER NOT NULL, start_reason TEXT NOT NULL,
     stopped_utc_ns INTEGER, stop_reason TEXT, manifest_hash TEXT);
@@ -138,6 +156,9 @@ CREATE TABLE IF NOT EXISTS intents (
     id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, seq INTEGER NOT NULL,
     path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS markers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, clip_id TEXT NOT NULL, utc_ns INTEGER NOT NULL,
+    mono_ns INTEGER NOT NULL, gps TEXT, source TEXT NOT NULL);
 """
 
 
@@ -323,10 +344,10 @@ class Store:
             if hashlib.sha256(data[env.payload_offset:]).hexdigest() != h["payload"]["sha256"]:
                 raise envelope.EnvelopeError("payload SHA-256 differs from header")
             cap = h["capture"]
-            self._tx([("INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?)",
+            self._tx([("INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (seq, env.hash, h["stream_id"], clip_id, len(data), cap["start_mono_ns"],
                         cap["end_mono_ns"], parse_iso_utc(cap["start_utc"]),
-                        parse_iso_utc(cap["end_utc"])))])
+                        parse_iso_utc(cap["end_utc"]), hashlib.sha256(data).hexdigest()))])
             return True
         except Exception as exc:  # noqa: BLE001 — anything unverifiable is quarantined, not deleted
             q = self.root / "quarantine"
@@ -375,9 +396,12 @@ class Store:
         self._make_room(len(sealed.data))
         directory = self.ring if clip_id is None else self.clips / clip_id
         path = write_durable(directory, seg_name(seq), sealed.data)
-        self._tx([("INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?)",
+        # The whole file's SHA-256, taken from the bytes as written: what a release must
+        # be proven against (sync never has to be trusted about what the file was).
+        self._tx([("INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?,?)",
                    (seq, sealed.hash, self.stream_id, clip_id, len(sealed.data), raw.start_mono_ns,
-                    raw.end_mono_ns, raw.start_utc_ns, raw.end_utc_ns)),
+                    raw.end_mono_ns, raw.start_utc_ns, raw.end_utc_ns,
+                    hashlib.sha256(sealed.data).hexdigest())),
                   ("INSERT OR REPLACE INTO meta VALUES ('head_seq', ?)", (str(seq),)),
                   ("INSERT OR REPLACE INTO meta VALUES ('head_hash', ?)", (sealed.hash,)),
                   ("INSERT OR REPLACE INTO meta VALUES ('last_end_utc', ?)", (str(raw.end_utc_ns),))])
@@ -451,10 +475,18 @@ class Store:
         return row is not None and row[0] == "open"
 
     def open_clip(self, *, press_mono_ns: int, started_utc_ns: int, clip_id: str | None = None,
-                  start_reason: str = "record_button") -> str:
-        """Pin the pre-record window (by rename) into a new clip and return its id."""
-        n, total = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM segments").fetchone()
-        one_segment = total // n if n else 0
+                  start_reason: str = "record_button", incident_id: str | None = None,
+                  part: int = 1, previous_clip: str | None = None,
+                  pre_record: bool = True, classification: str | None = None) -> str:
+        """Pin the pre-record window (by rename) into a new clip and return its id.
+
+        A clip that continues an incident after a file split (``part`` > 1) takes no
+        pre-record: its first segment is the one after the previous part's last.
+        """
+        # Room for at least one more segment as large as the largest recent one.
+        one_segment = self.db.execute(
+            "SELECT COALESCE(MAX(size),0) FROM (SELECT size FROM segments ORDER BY seq DESC LIMIT 16)"
+        ).fetchone()[0]
         if self.pinned_bytes() + one_segment > self.settings.max_bytes:
             raise StoreFull(f"store full: {self.pinned_bytes()} of {self.settings.max_bytes} bytes "
                             "are clips awaiting sync; cannot start a clip (dock the camera)")
@@ -465,14 +497,17 @@ class Store:
         # Row first, then the directory: recovery closes every open row (creating the
         # directory if the cut came in between), so no clip is ever left half-made.
         self._tx([("INSERT INTO clips(clip_id, state, officer_id, started_utc_ns, press_mono_ns, "
-                   "start_reason) VALUES (?, 'open', ?, ?, ?, ?)",
-                   (clip_id, self.officer_id, started_utc_ns, press_mono_ns, start_reason))])
+                   "start_reason, incident_id, part, previous_clip, classification) "
+                   "VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (clip_id, self.officer_id, started_utc_ns, press_mono_ns, start_reason,
+                    incident_id or clip_id, part, previous_clip,
+                    classification or self.settings.default_classification))])
         mkdir_durable(clip_dir)
         # The newest contiguous run of this stream's unpinned segments, back to the first
         # one that reaches the start of the window.
         window_start = press_mono_ns - self.settings.pre_record_ns
         chosen: list[int] = []
-        if self.settings.pre_record_ns > 0:
+        if self.settings.pre_record_ns > 0 and pre_record:
             rows = self.db.execute(
                 "SELECT seq, start_mono_ns, stream_id FROM segments WHERE clip_id IS NULL "
                 "ORDER BY seq DESC").fetchall()
@@ -495,18 +530,40 @@ class Store:
             fsync_dir(self.ring)
         self._tx([("UPDATE segments SET clip_id=? WHERE seq=?", (clip_id, seq)) for seq in chosen])
         self.audit.append("record_start", clip_id=clip_id, reason=start_reason,
+                          incident_id=incident_id or clip_id, part=part,
                           pre_record_segments=len(chosen),
                           first_seq=min(chosen) if chosen else None)
         return clip_id
 
+    def add_marker(self, clip_id: str, *, utc_ns: int, mono_ns: int, gps: dict | None,
+                   source: str = "function_button") -> None:
+        """An officer's event marker: in the clip's manifest, audited; it makes the clip
+        evidential when the policy says so (``settings.marker_makes_evidential``)."""
+        self._tx([("INSERT INTO markers(clip_id, utc_ns, mono_ns, gps, source) VALUES (?,?,?,?,?)",
+                   (clip_id, utc_ns, mono_ns, json.dumps(gps) if gps else None, source))])
+        self.audit.append("marker", clip_id=clip_id, utc=iso_utc(utc_ns), gps=gps, source=source)
+        if self.settings.marker_makes_evidential and self.clip_is_open(clip_id):
+            cls = self.db.execute("SELECT classification FROM clips WHERE clip_id=?",
+                                  (clip_id,)).fetchone()[0]
+            if cls != "evidential":
+                self.set_classification(clip_id, "evidential", reason="event marker")
+
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        """Device state that must survive a reboot (stealth, officer assignment…)."""
+        return self._meta(f"setting:{key}", default)
+
+    def set_setting(self, key: str, value: str) -> None:
+        self._tx([("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"setting:{key}", value))])
+
     def close_clip(self, clip_id: str, *, stop_reason: str, stopped_utc_ns: int | None,
                    notes: list[str] | None = None) -> str:
         """Write the signed manifest durably, then mark the clip closed (idempotent)."""
-        row = self.db.execute("SELECT officer_id, started_utc_ns, start_reason, state, manifest_hash "
-                              "FROM clips WHERE clip_id=?", (clip_id,)).fetchone()
+        row = self.db.execute("SELECT officer_id, started_utc_ns, start_reason, state, manifest_hash, "
+                              "incident_id, part, previous_clip FROM clips WHERE clip_id=?",
+                              (clip_id,)).fetchone()
         if row is None:
             raise StoreError(f"no clip {clip_id}")
-        officer, started_utc, start_reason, state, old_hash = row
+        officer, started_utc, start_reason, state, old_hash, incident, part, previous = row
         if state == "closed":
             return old_hash
         segs = [ClipSegmentRef(*r) for r in self.db.execute(
@@ -521,12 +578,19 @@ class Store:
                              start_reason=start_reason, stop_reason=stop_reason,
                              pre_record_ns=self.settings.pre_record_ns,
                              frame_interval_ns=self.settings.frame_interval_ns,
-                             closed_utc_ns=self.clock.utc_ns(), notes=notes or [])
+                             closed_utc_ns=self.clock.utc_ns(), notes=notes or [],
+                             incident_id=incident or clip_id, part=part, previous_clip=previous,
+                             markers=[{"utc": iso_utc(u), "mono_ns": m,
+                                       "gps": json.loads(g) if g else None, "source": src}
+                                      for u, m, g, src in self.db.execute(
+                                          "SELECT utc_ns, mono_ns, gps, source FROM markers "
+                                          "WHERE clip_id=? ORDER BY id", (clip_id,))])
         data, mhash = build_manifest(body, self.keys.sign)
         mkdir_durable(self.clips / clip_id)
         write_durable(self.clips / clip_id, MANIFEST_NAME, data)
         self._tx([("UPDATE clips SET state='closed', stopped_utc_ns=?, stop_reason=?, "
-                   "manifest_hash=? WHERE clip_id=?", (stopped_utc_ns, stop_reason, mhash, clip_id))])
+                   "manifest_hash=?, manifest_sha256=? WHERE clip_id=?",
+                   (stopped_utc_ns, stop_reason, mhash, hashlib.sha256(data).hexdigest(), clip_id))])
         self.audit.append("record_stop", clip_id=clip_id, reason=stop_reason,
                           segments=len(segs), manifest_hash=mhash, gaps=len(body["gaps"]))
         return mhash
@@ -535,13 +599,25 @@ class Store:
     def closed_clips(self) -> list[ClipFiles]:
         """Closed, unreleased clips, oldest first, with the files sync must push."""
         out = []
-        for clip_id, started, cls, mhash in self.db.execute(
-                "SELECT clip_id, started_utc_ns, classification, manifest_hash FROM clips "
-                "WHERE state='closed' ORDER BY started_utc_ns, rowid").fetchall():
+        for clip_id, started, cls, mhash, msha in self.db.execute(
+                "SELECT clip_id, started_utc_ns, classification, manifest_hash, manifest_sha256 "
+                "FROM clips WHERE state='closed' ORDER BY started_utc_ns, rowid").fetchall():
             d = self.clips / clip_id
-            files = [d / seg_name(seq) for seq in self.clip_segments(clip_id)] + [d / MANIFEST_NAME]
+            files = [FileRef(d / seg_name(seq), sha, size) for seq, sha, size in self.db.execute(
+                "SELECT seq, file_sha256, size FROM segments WHERE clip_id=? ORDER BY seq",
+                (clip_id,))]
+            manifest = d / MANIFEST_NAME
+            files.append(FileRef(manifest, msha or self._hash_file(manifest),
+                                 manifest.stat().st_size if manifest.exists() else 0))
             out.append(ClipFiles(clip_id, started, cls, mhash, files))
         return out
+
+    @staticmethod
+    def _hash_file(path: Path) -> str:
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            return ""
 
     def set_classification(self, clip_id: str, classification: str, *, reason: str) -> None:
         """Evidential or not is decided here (policy, markers, back office), never by sync."""
@@ -558,10 +634,11 @@ class Store:
         """Free a clip's space once the evidence store has confirmed every file of it.
 
         ``proof`` holds one entry per file: ``{"name", "key", "size", "sha256", "method"}``
-        as the store confirmed it. The store checks the proof against the files as they
-        are on disk *now* (every byte hashed again); anything missing or different
-        refuses the release (DESIGN invariant 5). The release and its proof go into the
-        audit log before the durable delete intent, and the intent before any unlink.
+        as the store confirmed it. Buffer checks the proof against the size and SHA-256 it
+        recorded when it wrote each file (not against what sync says it read), for every
+        file of the clip; anything missing or different refuses the release (DESIGN
+        invariant 5). The release and its proof go into the audit log before the durable
+        delete intent, and the intent before any unlink.
         """
         row = self.db.execute("SELECT state, manifest_hash FROM clips WHERE clip_id=?",
                               (clip_id,)).fetchone()
@@ -574,14 +651,20 @@ class Store:
         on_disk = sorted(p.name for p in clip_dir.iterdir()) if clip_dir.is_dir() else []
         if sorted(expected) != on_disk:
             raise ReleaseRefused(f"clip {clip_id}: files on disk do not match the index")
+        recorded = {seg_name(seq): (sha, size) for seq, sha, size in self.db.execute(
+            "SELECT seq, file_sha256, size FROM segments WHERE clip_id=?", (clip_id,))}
+        msha = self.db.execute("SELECT manifest_sha256 FROM clips WHERE clip_id=?",
+                               (clip_id,)).fetchone()[0]
+        recorded[MANIFEST_NAME] = (msha or self._hash_file(clip_dir / MANIFEST_NAME),
+                                   (clip_dir / MANIFEST_NAME).stat().st_size)
         for name in expected:
             entry = by_name.get(name)
             if entry is None:
                 raise ReleaseRefused(f"clip {clip_id}: no confirmation for {name}")
-            data = (clip_dir / name).read_bytes()
-            if entry.get("size") != len(data) or entry.get("sha256") != hashlib.sha256(data).hexdigest():
+            sha, size = recorded[name]
+            if entry.get("size") != size or entry.get("sha256") != sha:
                 raise ReleaseRefused(f"clip {clip_id}: the store's confirmation of {name} does not "
-                                     "match the file on the device")
+                                     "match the file the device wrote")
         self.audit.append("clip_released", clip_id=clip_id, target=target, manifest_hash=row[1],
                           objects=[{k: by_name[n][k] for k in ("key", "size", "sha256", "method")}
                                    for n in expected])

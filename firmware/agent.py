@@ -1,10 +1,13 @@
-"""The agent: the state machine that wires drivers → capture → buffer.
+"""The agent: the state machine that wires drivers → capture → buffer (→ sync on dock).
 
-States: BUFFERING (segments go to the ring; the newest pre-record window is kept) and
-RECORDING (segments go to the open clip). A double press of record starts a clip that
-begins with the pre-record window; holding record stops it. The segment that is being
-captured when recording stops still belongs to the clip (it ends at the next key
-frame), so no frame between press and release of the hold is lost.
+States: BUFFERING (segments go to the ring; the newest pre-record window is kept),
+RECORDING (segments go to the open clip) and DOCKED (no capture; sync runs). A double
+press of record (or the trigger input) starts a clip that begins with the pre-record
+window; holding record stops it. The segment that is being captured when recording
+stops still belongs to the clip (it ends at the next key frame), so no frame between
+press and release of the hold is lost. The function button adds event markers and
+toggles mute and stealth; alarms (battery, storage, clock, GPS, faults) repeat their
+patterns until the condition clears. The README has the officer's tables.
 
 A note on threads. Three kinds of caller meet here:
 - the camera's encoder thread calls ``on_packet`` (picamera2 on the Pi; the simulator's
@@ -35,7 +38,12 @@ from capture.segmenter import RawSegment, Segmenter
 from drivers.camera import Camera, VideoPacket
 from drivers.clock import Clock
 from drivers.controls import Controls
-from drivers.dock import DockSense
+from drivers.battery import Battery, GaugeError
+from drivers.battery import validate as validate_battery
+from drivers.clock import iso_utc
+from drivers.inputs import DockSense, LevelInput
+from firmware import FIRMWARE_VERSION
+from firmware.alarms import Alarms
 from drivers.keystore import KeyStore
 from firmware.config import Config
 from firmware.feedback import Feedback
@@ -159,7 +167,9 @@ class Agent:
     def __init__(self, cfg: Config, *, clock: Clock, camera: Camera, controls: Controls,
                  keys: KeyStore, store_dir: Path | None = None, threaded: bool = True,
                  on_ack: Callable[[Ack], None] | None = None, dock: DockSense | None = None,
-                 on_dock: Callable[[bool], None] | None = None) -> None:
+                 on_dock: Callable[[bool], None] | None = None, trigger: LevelInput | None = None,
+                 microphone=None, gps=None, battery: Battery | None = None,
+                 firmware_version: str = FIRMWARE_VERSION) -> None:
         self.cfg = cfg
         self.clock = clock
         self.camera = camera
@@ -169,6 +179,11 @@ class Agent:
         self.on_ack = on_ack
         self.dock = dock
         self.on_dock = on_dock  # hand-off to sync (firmware.syncing wires it)
+        self.trigger = trigger
+        self.microphone = microphone
+        self.gps = gps
+        self.battery = battery
+        self.firmware_version = firmware_version
         self._dock_raw = False
         self._dock_raw_since = 0
         self._docked = False
@@ -178,23 +193,37 @@ class Agent:
         self._worker = StoreWorker(threaded)
         self._store: Store | None = None
         self._clip_id: str | None = None
+        self._incident: tuple[str, int, int] | None = None  # (incident id, part, part start mono)
         self._stopping_clip = False
         self._stop_request_utc: int | None = None
         self.fault: str | None = None
+        self.muted = False
+        self.stealth = False
+        self.officer_id = cfg.device.officer_id
+        self.shutdown_requested: str | None = None  # set when the agent must power down
+        self._sync_mode = "docked"
         self._nearly_full_raised = False  # touched by the store worker only
-        # Faults reported by the store worker; consumed by poll() under the lock, so the
-        # worker never waits for the agent lock (the capture thread may hold it while it
-        # waits for room in the worker's queue).
+        # Faults reported by other threads (store worker, GPS reader); consumed by poll()
+        # under the lock, so those threads never wait for the agent lock (the capture
+        # thread may hold it while it hands work to the store worker).
         self._faults: collections.deque[tuple[str, str | None]] = collections.deque()
+        self._events: collections.deque[tuple[str, str, dict]] = collections.deque()
         c = cfg.controls
         gcfg = GestureConfig(debounce_ms=c.debounce_ms, double_press_ms=c.double_press_ms,
                              hold_ms=c.hold_ms)
         self._record_btn = GestureRecognizer(gcfg)
         self._function_btn = GestureRecognizer(gcfg)
         self.feedback = Feedback(controls.set_output)
+        self.alarms = Alarms(cfg.alarms.repeat_seconds * 10**9)
         info = camera.info
         self._frame_ns = 10**9 // info.fps
-        self.segmenter = Segmenter(info, cfg.camera.segment_seconds, self._on_segment)
+        audio_info = getattr(microphone, "info", None) if cfg.audio.enabled else None
+        self.segmenter = Segmenter(info, cfg.camera.segment_seconds, self._on_segment,
+                                   **({"audio": audio_info} if audio_info is not None else {}))
+        self._next_reminder: int | None = None
+        self._next_battery = 0
+        self._next_position = 0
+        self._gps_had_fix = False
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -205,53 +234,107 @@ class Agent:
             pre_record_ns=self.cfg.buffer.pre_record_seconds * 10**9,
             max_bytes=self.cfg.buffer.max_bytes,
             nearly_full_fraction=self.cfg.buffer.nearly_full_fraction,
-            frame_interval_ns=self._frame_ns)
+            frame_interval_ns=self._frame_ns,
+            default_classification=self.cfg.sync.default_classification,
+            marker_makes_evidential=self.cfg.sync.marker_makes_evidential)
         # Opening runs recovery; it is done before anything is recorded, on this thread,
         # and the store is then handed over to the worker.
         self._store = Store.open(self.store_dir, self.keys, self.clock, settings,
                                  officer_id=self.cfg.device.officer_id)
-        rec = self._store.recovery
-        event(log, "store opened", store=str(self.store_dir), stream_id=self._store.stream_id,
+        store = self._store
+        rec = store.recovery
+        event(log, "store opened", store=str(self.store_dir), stream_id=store.stream_id,
               recovery=rec.as_dict())
-        self.camera.set_overlay(BurnIn(device.device_id, self.cfg.device.officer_id,
-                                       self.camera.info.width, self.camera.info.height))
+        # State that survives a reboot: the officer assignment and stealth.
+        self.officer_id = store.get_setting("officer_id") or self.cfg.device.officer_id
+        store.officer_id = self.officer_id
+        self.stealth = store.get_setting("stealth") == "1"
+        self.feedback.stealth = self.stealth
+        self._audit_power_on(store)
+        self._set_overlay()
+        now = self.clock.monotonic_ns()
         with self._lock:
             self.state = State.BUFFERING
-            self.feedback.set_mode("buffering", self.clock.monotonic_ns())
+            self._refresh_mode(now)
+            self._check_clock(now)
         self.controls.on_record_edge = self._on_record_edge
         self.controls.on_function_edge = self._on_function_edge
+        if self.trigger is not None:
+            self.trigger.on_change = self._on_trigger_edge
         if self.dock is not None:
             self.dock.on_change = self._on_dock_edge
-            if self.dock.docked:  # powered on in the dock
+            if self.dock.active:  # powered on in the dock
                 self._on_dock_edge(True)
+        if self.gps is not None and hasattr(self.gps, "on_fault"):
+            self.gps.on_fault = lambda kind, detail="": self._events.append(("gps", kind, {"detail": str(detail)}))
         self.camera.start(self.on_packet)
-        event(log, "buffering", pre_record_s=self.cfg.buffer.pre_record_seconds)
+        if self.microphone is not None and self.cfg.audio.enabled:
+            self.microphone.start(self.on_packet)
+        event(log, "buffering", pre_record_s=self.cfg.buffer.pre_record_seconds,
+              officer_id=self.officer_id, stealth=self.stealth)
 
-    def stop(self) -> None:
+    def _audit_power_on(self, store: Store) -> None:
+        import hashlib
+        import json as _json
+        cfg_hash = hashlib.sha256(_json.dumps(self.cfg.values, sort_keys=True).encode()).hexdigest()
+        store.audit.append("power_on", firmware_version=self.firmware_version, config_sha256=cfg_hash,
+                           officer_id=self.officer_id, stealth=self.stealth,
+                           clock=self.clock.state().as_dict())
+        last_fw, last_cfg = store.get_setting("firmware_version"), store.get_setting("config_sha256")
+        if last_fw is not None and last_fw != self.firmware_version:
+            store.audit.append("firmware_changed", previous=last_fw, current=self.firmware_version)
+        if last_cfg is not None and last_cfg != cfg_hash:
+            store.audit.append("config_changed", previous_sha256=last_cfg, current_sha256=cfg_hash,
+                               source=self.cfg.source)
+        store.set_setting("firmware_version", self.firmware_version)
+        store.set_setting("config_sha256", cfg_hash)
+
+    def _set_overlay(self) -> None:
+        self.camera.set_overlay(BurnIn(self.keys.device().device_id, self.officer_id,
+                                       self.camera.info.width, self.camera.info.height))
+
+    def stop(self, reason: str = "shutdown") -> None:
         """Clean shutdown: the open segment and clip are sealed, nothing is lost."""
         self.controls.on_record_edge = None
         self.controls.on_function_edge = None
-        if self.dock is not None:
-            self.dock.on_change = None
+        for inp in (self.dock, self.trigger):
+            if inp is not None:
+                inp.on_change = None
         if self._docked and self.on_dock:
             self.on_dock(False)  # stop a running sync at its next object boundary
+        if self.microphone is not None and self.cfg.audio.enabled:
+            self.microphone.stop()
         self.camera.stop()  # delivers the encoder's last packets
         with self._lock:
             self.segmenter.flush()
             if self._clip_id is not None:
-                self._close_clip("shutdown")
+                self._close_clip(reason)
             self.state = State.STOPPED
         store = self._store
-        self._worker.submit(lambda: store.close() if store else None)
+
+        def close() -> None:
+            if store:
+                store.audit.append("power_off", reason=reason)
+                store.close()
+        self._worker.submit(close)
         self._worker.drain_and_stop()
-        event(log, "stopped", **self.stats.__dict__)
+        event(log, "stopped", reason=reason, **self.stats.__dict__)
 
     # ------------------------------------------------------------------- inputs
     def on_packet(self, packet: VideoPacket) -> None:
+        """Video from the camera and audio from the microphone (picamera2's one call)."""
         with self._lock:
             if self.state in (State.BUFFERING, State.RECORDING):
-                self.segmenter.push(packet)
+                if not packet.audio or self._audio_wanted():
+                    self.segmenter.push(packet)
         self._worker.throttle()  # outside the lock: back-pressure never blocks a button
+
+    def _audio_wanted(self) -> bool:
+        """Audio is kept while recording (unless muted); in the pre-record window only
+        when configured."""
+        if not self.cfg.audio.enabled or self.muted:
+            return False
+        return self.state is State.RECORDING or self.cfg.audio.in_pre_record
 
     def _on_record_edge(self, pressed: bool) -> None:
         with self._lock:
@@ -260,22 +343,44 @@ class Agent:
 
     def _on_function_edge(self, pressed: bool) -> None:
         with self._lock:
-            # Markers and stealth belong to the officer-interface issue; the gestures
-            # are still recognised (debounced) so the button's state stays consistent.
-            self._function_btn.edge(pressed, self.clock.monotonic_ns())
+            now = self.clock.monotonic_ns()
+            for g in self._function_btn.edge(pressed, now):
+                self._on_function_gesture(g, now)
+            self._push_hold_mute(now)
+
+    def _on_trigger_edge(self, active: bool) -> None:
+        """Holster / light bar: starts recording when enabled; never stops one."""
+        with self._lock:
+            if active and self.cfg.controls.trigger_enabled and self.state is State.BUFFERING \
+                    and self._clip_id is None:
+                self._start_recording(self.clock.monotonic_ns(), reason="trigger")
 
     def poll(self) -> None:
-        """Timers: holds, single presses and LED/haptic patterns. Call every ≤ 10 ms."""
+        """Timers: holds, single presses, patterns, alarms, battery, GPS. Call every ≤ 10 ms."""
         with self._lock:
             now = self.clock.monotonic_ns()
             for g in self._record_btn.poll(now):
                 self._on_record_gesture(g)
-            self._function_btn.poll(now)
+            for g in self._function_btn.poll(now):
+                self._on_function_gesture(g, now)
+            self._push_hold_mute(now)
             if self._dock_raw != self._docked and \
                     now - self._dock_raw_since >= self.cfg.dock.debounce_ms * 1_000_000:
                 self._set_docked(self._dock_raw, now)
             while self._faults:
                 self._apply_fault(*self._faults.popleft())
+            while self._events:
+                self._apply_event(*self._events.popleft(), now=now)
+            if self._next_reminder is not None and now >= self._next_reminder:
+                self.feedback.cue("reminder", now)
+                self._next_reminder = now + self.cfg.controls.reminder_seconds * 10**9
+            if now >= self._next_battery:
+                self._next_battery = now + self.cfg.power.check_seconds * 10**9
+                self._check_battery(now)
+            if self.gps is not None:
+                self._check_gps(now)
+            for cue in self.alarms.due(now):
+                self.feedback.cue(cue, now)
             self.feedback.poll(now)
 
     def next_deadline_ns(self) -> int | None:
@@ -283,11 +388,168 @@ class Agent:
         with self._lock:
             now = self.clock.monotonic_ns()
             candidates = [self._record_btn.next_deadline_ns(), self._function_btn.next_deadline_ns(),
-                          self.feedback.next_change_ns(now)]
+                          self.feedback.next_change_ns(now), self._next_reminder,
+                          self.alarms.next_deadline_ns(), self._next_battery]
             if self._dock_raw != self._docked:
                 candidates.append(self._dock_raw_since + self.cfg.dock.debounce_ms * 1_000_000)
             return min((c for c in candidates if c is not None), default=None)
 
+    # --------------------------------------------------------- officer features
+    def _on_function_gesture(self, g: Gesture, now: int) -> None:
+        latched = self.cfg.controls.mute_mode == "latched"
+        if g is Gesture.SINGLE_PRESS:
+            self._marker(now)
+        elif g is Gesture.DOUBLE_PRESS:
+            if latched:
+                if self.state is State.RECORDING:
+                    self._set_muted(not self.muted, now)
+            else:
+                self._set_stealth(not self.stealth, now)
+        elif g is Gesture.HOLD and latched:
+            self._set_stealth(not self.stealth, now)
+
+    def _push_hold_mute(self, now: int) -> None:
+        if self.cfg.controls.mute_mode == "push-hold" and self.state is State.RECORDING:
+            held = self._function_btn.pressed
+            if held != self.muted:
+                self._set_muted(held, now)
+
+    def _marker(self, now: int) -> None:
+        utc, gps = self.clock.utc_ns(), self._gps_fix(now)
+        clip_id = self._clip_id
+        self.feedback.cue("marker", now)
+        if clip_id is None:
+            self._worker.submit(lambda: self._store.audit.append(
+                "marker", clip_id=None, utc=iso_utc(utc), gps=gps, note="not recording"))
+            return
+        self._worker.submit(lambda: self._store.add_marker(clip_id, utc_ns=utc, mono_ns=now, gps=gps)
+                            if self._store.clip_is_open(clip_id) else None)
+        event(log, "marker", clip_id=clip_id)
+
+    def _set_muted(self, muted: bool, now: int) -> None:
+        self.muted = muted
+        clip_id = self._clip_id
+        self.feedback.cue("mute_on" if muted else "mute_off", now)
+        self._refresh_mode(now)
+        self._worker.submit(lambda: self._store.audit.append("mute", on=muted, clip_id=clip_id))
+
+    def _set_stealth(self, on: bool, now: int) -> None:
+        self.stealth = on
+        self.feedback.stealth = on
+        self.feedback.poll(now)
+        self._worker.submit(lambda: (self._store.set_setting("stealth", "1" if on else "0"),
+                                     self._store.audit.append("stealth", on=on)))
+        event(log, "stealth", on=on)
+
+    def assign(self, officer_id: str, *, by: str) -> None:
+        """Officer assignment (provisioning, the dock, a technician): burned into frames
+        from the next second and written in every later clip's manifest."""
+        with self._lock:
+            self.officer_id = officer_id
+            self._set_overlay()
+
+            def op() -> None:
+                self._store.officer_id = officer_id
+                self._store.set_setting("officer_id", officer_id)
+                self._store.audit.append("assignment", officer_id=officer_id, by=by)
+            self._worker.submit(op)
+
+    def _gps_fix(self, now: int) -> dict | None:
+        if self.gps is None:
+            return None
+        fix = self.gps.latest(self.cfg.gps.fix_max_age_s)
+        return fix.as_dict(now) if fix is not None else None
+
+    def _check_gps(self, now: int) -> None:
+        fix = self._gps_fix(now)
+        if fix is not None and not self._gps_had_fix:
+            self._worker.submit(lambda: self._store.audit.append("gps_fix", acquired=True))
+        elif fix is None and self._gps_had_fix:
+            self._worker.submit(lambda: self._store.audit.append("gps_fix", acquired=False))
+        self._gps_had_fix = fix is not None
+        if self.cfg.gps.alarm_on_loss and self.state in (State.BUFFERING, State.RECORDING):
+            self.alarms.set("gps_lost", fix is None, now)
+        if fix is not None and now >= self._next_position:
+            every = (self.cfg.gps.log_recording_s if self.state is State.RECORDING
+                     else self.cfg.gps.log_buffering_s)
+            self._next_position = now + every * 10**9
+            clip_id = self._clip_id
+            self._worker.submit(lambda: self._store.audit.append("position", clip_id=clip_id, **fix))
+        if not self.clock.state().synced and hasattr(self.gps, "gps_time_utc_ns"):
+            got = self.gps.gps_time_utc_ns()
+            if got is not None:
+                gps_utc, at_mono = got
+                offset = gps_utc + (now - at_mono) - self.clock.utc_ns()
+                self.clock.correct(offset, source="gps")
+                self._worker.submit(lambda: self._store.audit.append(
+                    "clock_offset", offset_ns=offset, source="gps", corrected=True))
+                self._check_clock(now)
+
+    def _check_clock(self, now: int) -> None:
+        if self.alarms.set("clock_not_set", not self.clock.state().synced, now):
+            synced = self.clock.state().synced
+            if self._store is not None:
+                self._worker.submit(lambda: self._store.audit.append(
+                    "alarm", kind="clock_not_set", on=not synced))
+
+    def _check_battery(self, now: int) -> None:
+        if self.battery is None:
+            return
+        try:
+            r = validate_battery(self.battery.read())
+        except GaugeError as exc:
+            if self.alarms.set("fault", True, now):
+                self._worker.submit(lambda: self._store.audit.append(
+                    "fault", kind="battery_gauge", message=str(exc)))
+            self._gauge_fault = True
+            return
+        if getattr(self, "_gauge_fault", False):
+            self._gauge_fault = False
+            self.alarms.set("fault", self.fault is not None, now)
+        pct = r.percent
+        if self.alarms.set("battery_low", pct <= self.cfg.power.low_percent and not r.charging, now):
+            self._worker.submit(lambda: self._store.audit.append(
+                "alarm", kind="battery_low", on=pct <= self.cfg.power.low_percent, percent=pct))
+        if pct <= self.cfg.power.critical_percent and not r.charging and self.shutdown_requested is None:
+            self.alarms.set("battery_critical", True, now)
+            self._worker.submit(lambda: self._store.audit.append(
+                "alarm", kind="battery_critical", percent=pct, action="close clip and shut down"))
+            self.shutdown_requested = "battery_critical"
+            event(log, "battery critical: shutting down", level=logging.ERROR, percent=pct)
+
+    def _apply_event(self, source: str, kind: str, data: dict, *, now: int) -> None:
+        """Faults other threads reported (GPS port lost/back), applied under the lock."""
+        if kind == "nearly_full":  # already audited by the store worker
+            self.alarms.set("store_nearly_full", True, now)
+            return
+        if kind == "space_freed":
+            self.alarms.set("store_nearly_full", False, now)
+            self.alarms.set("store_full", False, now)
+            if self.fault is not None and "store full" in self.fault:
+                self.fault = None
+                self._worker.submit(lambda: self._store.audit.append("alarm", kind="storage_full",
+                                                                     on=False))
+            self._refresh_mode(now)
+            return
+        self._worker.submit(lambda: self._store.audit.append("fault" if "lost" in kind else "notice",
+                                                             kind=kind, source=source, **data))
+        if kind.endswith("lost"):
+            self.alarms.set("fault", True, now)
+        elif kind.endswith("back"):
+            self.alarms.set("fault", self.fault is not None, now)
+
+    def _refresh_mode(self, now: int) -> None:
+        if self.state is State.DOCKED:
+            mode = self._sync_mode
+        elif self.state is State.RECORDING:
+            mode = "muted" if self.muted else "recording"
+        elif self.state is State.BUFFERING:
+            mode = "store_full" if self.fault else "buffering"
+        else:
+            mode = None
+        self.feedback.set_mode(mode, now)
+
+    # ------------------------------------------------------------------- docking
     def _on_dock_edge(self, docked: bool) -> None:
         with self._lock:
             if docked != self._dock_raw:
@@ -303,15 +565,16 @@ class Agent:
                 self._stop_request_utc = self.clock.utc_ns()
                 self.segmenter.flush()  # the partial segment starts on a key frame: it is kept
                 self._close_clip("docked")
+                self._end_recording_feedback()
             else:
                 self.segmenter.flush()
             self.state = State.DOCKED
-            self.feedback.set_mode("docked", now)
+            self._sync_mode = "docked"
             self._worker.submit(lambda: self._store.audit.append("dock"))
         else:
             self.state = State.BUFFERING
-            self.feedback.set_mode("buffering", now)
             self._worker.submit(lambda: self._store.audit.append("undock"))
+        self._refresh_mode(now)
         event(log, "docked" if docked else "undocked")
         if self.on_dock:
             self.on_dock(docked)
@@ -319,9 +582,15 @@ class Agent:
     def sync_indication(self, status: str) -> None:
         """Sync reports "syncing", "complete" or a failure; shown only while docked."""
         with self._lock:
+            self._sync_mode = {"syncing": "syncing", "complete": "docked"}.get(status, "sync_fault")
             if self.state is State.DOCKED:
-                mode = {"syncing": "syncing", "complete": "docked"}.get(status, "sync_fault")
-                self.feedback.set_mode(mode, self.clock.monotonic_ns())
+                self._refresh_mode(self.clock.monotonic_ns())
+            if status == "complete":
+                def op() -> None:  # space freed by the release: clear storage alarms
+                    if not self._store.nearly_full():
+                        self._nearly_full_raised = False
+                        self._events.append(("store", "space_freed", {}))
+                self._worker.submit(op)
 
     # ------------------------------------------------------------ state machine
     def _on_record_gesture(self, g: Gesture) -> None:
@@ -331,23 +600,46 @@ class Agent:
         elif g is Gesture.HOLD and self.state is State.RECORDING:
             self._request_stop(now)
 
-    def _start_recording(self, now: int) -> None:
-        clip_id = f"{self.keys.device().device_id}-{uuid.uuid4().hex[:12]}"
+    def _new_clip_id(self) -> str:
+        return f"{self.keys.device().device_id}-{uuid.uuid4().hex[:12]}"
+
+    def _start_recording(self, now: int, reason: str = "record_button") -> None:
+        if self.fault is not None and "store full" in self.fault:
+            # Known full: refuse at once, loudly (the store would refuse it too).
+            self.feedback.cue("fault", now)
+            msg = self.fault
+            self._worker.submit(lambda: self._store.audit.append(
+                "fault", kind="storage_full", message=msg, refused_clip=None, reason=reason))
+            return
+        clip_id = self._new_clip_id()
         utc = self.clock.utc_ns()
         self._clip_id = clip_id
+        self._incident = (clip_id, 1, now)
         self.state = State.RECORDING
-        self.feedback.set_mode("recording", now)
+        self.muted = False
+        self._refresh_mode(now)
         self.feedback.cue("start", now)
-        event(log, "recording", clip_id=clip_id)
+        reminder = self.cfg.controls.reminder_seconds
+        self._next_reminder = now + reminder * 10**9 if reminder else None
+        self._next_position = now  # log a position at once
+        event(log, "recording", clip_id=clip_id, reason=reason)
 
         def op() -> None:
             try:
-                self._store.open_clip(press_mono_ns=now, started_utc_ns=utc, clip_id=clip_id)
+                self._store.open_clip(press_mono_ns=now, started_utc_ns=utc, clip_id=clip_id,
+                                      start_reason=reason, incident_id=clip_id)
             except StoreFull as exc:
                 self._faults.append((str(exc), clip_id))
                 self._store.audit.append("fault", kind="storage_full", message=str(exc),
                                          refused_clip=clip_id)
         self._worker.submit(op)
+
+    def _end_recording_feedback(self) -> None:
+        self._next_reminder = None
+        if self.muted:
+            self.muted = False  # mute ends with the recording
+            self._worker.submit(lambda: self._store.audit.append("mute", on=False, clip_id=None,
+                                                                 reason="recording ended"))
 
     def _request_stop(self, now: int) -> None:
         # The segment being captured ends at the next key frame and still belongs to the
@@ -355,7 +647,8 @@ class Agent:
         self._stopping_clip = True
         self._stop_request_utc = self.clock.utc_ns()
         self.state = State.BUFFERING
-        self.feedback.set_mode("buffering", now)
+        self._end_recording_feedback()
+        self._refresh_mode(now)
         self.feedback.cue("stop", now)
         event(log, "stop requested", clip_id=self._clip_id)
 
@@ -370,16 +663,39 @@ class Agent:
                 event(log, "clip closed", clip_id=clip_id, reason=reason)
         self._worker.submit(op)
 
+    def _split(self, now: int) -> None:
+        """Close this part at a segment boundary and continue the incident in a new clip:
+        the next segment is the new part's first, so no frame is lost or repeated."""
+        incident, part, _ = self._incident
+        previous = self._clip_id
+        self._stop_request_utc = None
+        self._close_clip("split")
+        clip_id = self._new_clip_id()
+        self._clip_id = clip_id
+        self._incident = (incident, part + 1, now)
+        utc = self.clock.utc_ns()
+        event(log, "clip split", incident_id=incident, part=part + 1, previous=previous)
+
+        def op() -> None:
+            try:
+                self._store.open_clip(press_mono_ns=now, started_utc_ns=utc, clip_id=clip_id,
+                                      start_reason="split", incident_id=incident, part=part + 1,
+                                      previous_clip=previous, pre_record=False)
+            except StoreFull as exc:
+                self._faults.append((str(exc), clip_id))
+        self._worker.submit(op)
+
     def _on_segment(self, raw: RawSegment) -> None:
         """Called by the segmenter (under the lock) with each finished segment."""
         clip_id = self._clip_id
+        gps = self._gps_fix(raw.end_mono_ns) if self.gps is not None else None
 
         def op() -> None:
             # A clip the store closed for lack of room takes no more segments; they go
             # to the ring (which may itself be full: then they are dropped, alarmed).
             target = clip_id if clip_id and self._store.clip_is_open(clip_id) else None
             try:
-                ack = self._store.append(raw, clip_id=target)
+                ack = self._store.append(raw, clip_id=target, gps=gps)
             except StoreFull as exc:
                 self.stats.segments_dropped += 1
                 if target is not None:
@@ -396,6 +712,7 @@ class Agent:
                 self._nearly_full_raised = True
                 self._store.audit.append("alarm", kind="storage_nearly_full",
                                          pinned_bytes=self._store.pinned_bytes())
+                self._events.append(("store", "nearly_full", {}))
                 event(log, "storage nearly full", level=logging.WARNING,
                       pinned_bytes=self._store.pinned_bytes())
             event(log, "segment", level=logging.DEBUG, seq=ack.seq, clip_id=clip_id, size=ack.size)
@@ -404,17 +721,20 @@ class Agent:
         self._worker.submit(op, heavy=True)
         if self._stopping_clip and clip_id is not None:
             self._close_clip("record_button_hold")
+        elif clip_id is not None and self._incident is not None:
+            max_ns = int(self.cfg.recording.max_clip_hours * 3600 * 1e9)
+            if raw.end_mono_ns - self._incident[2] >= max_ns:
+                self._split(raw.end_mono_ns)
 
     def _apply_fault(self, message: str, clip_id: str | None) -> None:
         """Storage full: the clip is already closed by the store; stop recording, alarm."""
         now = self.clock.monotonic_ns()
         self.stats.faults += 1
-        first = self.fault is None
         self.fault = message
         if clip_id is not None and self._clip_id == clip_id:
             self._clip_id, self._stopping_clip = None, False
             self.state = State.BUFFERING
-        self.feedback.set_mode("store_full", now)
-        if first:
-            self.feedback.cue("fault", now)
+            self._end_recording_feedback()
+        self.alarms.set("store_full", True, now)
+        self._refresh_mode(now)
         event(log, "storage full", level=logging.ERROR, message=message)

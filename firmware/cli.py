@@ -246,6 +246,52 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_log(args) -> int:
+    """The audit log for a technician: every record, its chain and signature checked."""
+    from buffer.audit import read_events, verify_audit
+    from buffer.verify import load_device_record
+    from cryptography.exceptions import InvalidSignature
+    cfg = config_mod.load(Path(args.config) if args.config else None)
+    store = Path(args.store or cfg.device.store_dir)
+    path = store / "audit.log"
+    if not path.is_file():
+        raise CliError(f"{path}: no audit log (is {store} a bwv store?)")
+    device = load_device_record(Path(args.device_key) if args.device_key else store / "device.json")
+    verifier = device.verifier()
+
+    def vsig(sig: bytes, msg: bytes) -> bool:
+        try:
+            verifier.verify(sig, msg)
+            return True
+        except InvalidSignature:
+            return False
+    for ev in read_events(path):
+        if args.json:
+            print(json.dumps(ev, sort_keys=True))
+        else:
+            data = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(ev.get("data", {}).items()))
+            print(f"{ev.get('seq'):>6} {ev.get('utc')} {ev.get('event'):<22} {data}")
+    count, problems = verify_audit(path, vsig, device.device_id)
+    for p in problems:
+        print(f"FAIL {p}", file=sys.stderr)
+    print(f"{count} records, chain and signatures {'OK' if not problems else 'FAILED'}",
+          file=sys.stderr)
+    return 0 if not problems else EXIT_FAILED_VERIFY
+
+
+def cmd_assign(args) -> int:
+    """Assign the camera to an officer (agent stopped; the running agent takes it on dock)."""
+    cfg = config_mod.load(Path(args.config) if args.config else None)
+    store, _ = _open_store(args, cfg)
+    try:
+        store.set_setting("officer_id", args.officer)
+        store.audit.append("assignment", officer_id=args.officer, by=args.by)
+    finally:
+        store.close()
+    print(json.dumps({"officer_id": args.officer}))
+    return 0
+
+
 def cmd_config(args) -> int:
     if args.defaults:
         print(config_mod.defaults_markdown())
@@ -339,6 +385,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keys", help="device key directory (default: device.keys_dir)")
     r.add_argument("--sim-clock", action="store_true", help="stamp audit records with the simulated clock")
     r.set_defaults(fn=cmd_recover)
+
+    lg = sub.add_parser("log", help="print the audit log (verified) for a technician")
+    lg.add_argument("--config")
+    lg.add_argument("--store")
+    lg.add_argument("--device-key")
+    lg.add_argument("--json", action="store_true", help="JSON lines (one record body a line)")
+    lg.set_defaults(fn=cmd_log)
+
+    asg = sub.add_parser("assign", help="assign the camera to an officer (audited)")
+    asg.add_argument("officer")
+    asg.add_argument("--by", default="technician")
+    asg.add_argument("--config")
+    asg.add_argument("--store")
+    asg.add_argument("--keys")
+    asg.set_defaults(fn=cmd_assign)
 
     c = sub.add_parser("config", help="show defaults or check a config file")
     g = c.add_mutually_exclusive_group(required=True)

@@ -57,6 +57,38 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "debounce_ms": Key(int, 30, "software debounce of both buttons, ms", 1, 500),
         "double_press_ms": Key(int, 600, "second press within this starts recording, ms", 100, 2000),
         "hold_ms": Key(int, 3000, "holding record this long stops recording, ms", 500, 10000),
+        "mute_mode": Key(str, "latched", "latched: function double press toggles mute; push-hold: "
+                         "muted while the function button is held (stealth is then a double press)",
+                         choices=("latched", "push-hold")),
+        "trigger_pin": Key(int, 6, "BCM pin of the trigger input (holster / light bar, high = active)", 0, 27),
+        "trigger_enabled": Key(bool, False, "the trigger input starts recording (it never stops one)"),
+        "reminder_seconds": Key(int, 120, "reminder buzz + tone while recording every N s (0 = off)", 0, 3600),
+    },
+    "recording": {
+        "max_clip_hours": Key(float, 4.0, "a recording is split into a new clip (same incident) "
+                              "after this long", 0.005, 24.0),
+    },
+    "audio": {
+        "enabled": Key(bool, True, "record an audio track (AAC) with the video"),
+        "in_pre_record": Key(bool, False, "keep audio in the pre-record window too"),
+        "sample_rate": Key(int, 48000, "microphone sample rate, Hz", 8000, 48000),
+    },
+    "power": {
+        "low_percent": Key(int, 10, "battery-low alarm at or below this charge, %", 1, 50),
+        "critical_percent": Key(int, 3, "at or below: close the clip and shut down cleanly, %", 1, 20),
+        "check_seconds": Key(int, 30, "fuel gauge read interval, s", 1, 600),
+    },
+    "gps": {
+        "enabled": Key(bool, True, "read a NMEA 0183 GPS on a UART"),
+        "port": Key(str, "/dev/bwv-gps", "serial device (a udev symlink)"),
+        "baudrate": Key(int, 9600, "UART speed", 1200, 921600),
+        "fix_max_age_s": Key(int, 10, "an older fix is not used for segments and markers", 1, 600),
+        "log_recording_s": Key(int, 10, "position into the audit log every N s while recording", 1, 3600),
+        "log_buffering_s": Key(int, 900, "position into the audit log every N s while buffering", 10, 86400),
+        "alarm_on_loss": Key(bool, False, "indicate a lost fix to the officer"),
+    },
+    "alarms": {
+        "repeat_seconds": Key(int, 60, "an active alarm repeats its pattern every N s", 5, 3600),
     },
     "dock": {
         "pin": Key(int, 5, "BCM pin of the dock-detect input (USB VBUS sense, high = docked)", 0, 27),
@@ -78,6 +110,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "evidential_first": Key(bool, True, "push evidential clips before others"),
         "default_classification": Key(str, "non-evidential", "classification of a new clip",
                                       choices=("evidential", "non-evidential")),
+        "marker_makes_evidential": Key(bool, True, "an event marker classifies its clip evidential"),
         "correct_clock": Key(bool, True, "step the clock to the store's time on dock"),
         "clock_alarm_seconds": Key(int, 10, "offset from the store's time that raises an alarm", 1, 86400),
         "retention_days": Key(int, 30, "lifecycle expiry of non-evidential objects (store init)", 1, 36500),
@@ -161,9 +194,12 @@ def validate(raw: dict[str, Any], source: str = "<defaults>") -> Config:
     if c["debounce_ms"] >= c["double_press_ms"]:
         raise ConfigError("controls.debounce_ms: must be shorter than controls.double_press_ms")
     pins = [c[k] for k in ("record_button", "function_button", "green_led", "red_led", "haptic",
-                           "buzzer")] + [values["dock"]["pin"]]
+                           "buzzer", "trigger_pin")] + [values["dock"]["pin"]]
     if len(set(pins)) != len(pins):
         raise ConfigError("controls: two functions share one pin")
+    pw = values["power"]
+    if pw["critical_percent"] >= pw["low_percent"]:
+        raise ConfigError("power.critical_percent: must be below power.low_percent")
     cam = values["camera"]
     if cam["width"] % 2 or cam["height"] % 2:
         raise ConfigError("camera.width: width and height must be even (4:2:0 video)")

@@ -111,6 +111,7 @@ MODES: dict[str, Pattern] = {
     "docked": Pattern((Step(("green",), 1000, 0),), loop=True),  # steady green: all synced
     "syncing": Pattern((Step(("green",), 250, 250),), loop=True),
     "sync_fault": Pattern((Step(("red", "green"), 250, 750),), loop=True),
+    "muted": Pattern((Step(("red",), 700, 300),), loop=True),  # red with a gap: audio off
 }
 
 #: One-shot haptic + buzzer cues.
@@ -119,6 +120,21 @@ CUES: dict[str, Pattern] = {
     "stop": Pattern((Step(_BUZZ, 800, 0),), loop=False),
     "fault": Pattern((Step(_BUZZ, 100, 100), Step(_BUZZ, 100, 100), Step(_BUZZ, 100, 0)),
                      loop=False),
+    # two buzzes, then two tones: "you are still recording"
+    "reminder": Pattern((Step(("haptic",), 200, 200), Step(("haptic",), 200, 300),
+                         Step(("buzzer",), 80, 120), Step(("buzzer",), 80, 0)), loop=False),
+    "marker": Pattern((Step(_BUZZ, 60, 0),), loop=False),
+    "mute_on": Pattern((Step(("haptic",), 300, 0),), loop=False),
+    "mute_off": Pattern((Step(("haptic",), 100, 100), Step(("haptic",), 100, 0)), loop=False),
+    "battery_low": Pattern((Step(("red", "buzzer"), 100, 150), Step(("red", "buzzer"), 100, 150),
+                            Step(("red", "buzzer"), 100, 0)), loop=False),
+    "battery_critical": Pattern((Step(("red", "haptic", "buzzer"), 1000, 300),
+                                 Step(("red", "haptic", "buzzer"), 1000, 0)), loop=False),
+    "store_nearly_full": Pattern((Step(("red", "green", "haptic"), 200, 200),
+                                  Step(("red", "green", "haptic"), 200, 0)), loop=False),
+    "clock_not_set": Pattern((Step(("green", "buzzer"), 60, 140), Step(("green",), 60, 140),
+                              Step(("green",), 60, 0)), loop=False),
+    "gps_lost": Pattern((Step(("green",), 400, 100), Step(("haptic",), 300, 0)), loop=False),
 }
 
 

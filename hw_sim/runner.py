@@ -22,7 +22,9 @@ from drivers.keystore import FileKeyStore
 from firmware.agent import Agent
 from firmware.config import SCHEMA, Config
 from firmware.syncing import SyncRunner
-from drivers.dock import DockSense
+from drivers.clock import ClockState
+from drivers.inputs import DockSense, TriggerInput
+from hw_sim.battery import SimBattery
 from sync.directory import DirectoryTarget
 from hw_sim.camera import SimCamera
 from hw_sim.clock import SimClock
@@ -160,13 +162,16 @@ class Rig:
     def __init__(self, cfg: Config, workdir: Path, *, speed: float | None = None,
                  threaded: bool = False, ack_log: Path | None = None,
                  device_id: str = SIM_DEVICE_ID, utc_start_ns: int | None = None,
-                 dock_share: Path | None = None, target_factory=None) -> None:
+                 dock_share: Path | None = None, target_factory=None, clock_set: bool = True,
+                 battery_percent: float = 100.0, gps: bool = False,
+                 microphone: bool | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.keys, identity = ensure_keys(self.workdir, device_id)
         if utc_start_ns is None:
             utc_start_ns = time.time_ns() // 10**9 * 10**9  # the simulated RTC, set from the host
-        self.clock = SimClock(speed=speed, utc_start_ns=utc_start_ns)
+        state = None if clock_set else ClockState(synced=False, source="none")
+        self.clock = SimClock(speed=speed, utc_start_ns=utc_start_ns, state=state)
         cam = cfg.camera
         keyint = max(1, round(cam.fps * cam.segment_seconds))
         self.camera = SimCamera(self.clock, width=cam.width, height=cam.height, fps=cam.fps,
@@ -182,10 +187,28 @@ class Rig:
         self._ack_file = open(ack_log, "a", buffering=1) if ack_log else None
         self.dock_pin = cfg.dock.pin
         self.dock_sense = DockSense(cfg.dock.pin, pin_factory=self.gpio.factory)
+        self.trigger_pin = cfg.controls.trigger_pin
+        self.trigger_input = TriggerInput(cfg.controls.trigger_pin, pin_factory=self.gpio.factory)
+        self.battery = SimBattery(self.clock, start_percent=battery_percent)
+        # GPS: a simulated receiver writes NMEA into a real pty; the production reader
+        # (pyserial + pynmea2, on its own thread) reads it through a udev-like symlink.
+        self.gps_sim = self.gps = None
+        if gps:
+            from drivers.gps import GpsReader
+            from hw_sim.gps import SimGpsReceiver
+            self.gps_sim = SimGpsReceiver(self.clock, link_dir=self.workdir)
+            self.gps = GpsReader(self.gps_sim.port, clock=self.clock, reopen_interval_s=0.2).start()
+        self.mic = None
+        if (cfg.audio.enabled if microphone is None else microphone):
+            from hw_sim.microphone import SimMicrophone
+            self.mic = SimMicrophone(self.clock, sample_rate=cfg.audio.sample_rate,
+                                     sync_origin_mono_ns=self.clock.monotonic_ns())
         self.agent = Agent(cfg, clock=self.clock, camera=self.camera, controls=self.controls,
                            keys=self.keys, store_dir=self.result.store_dir, threaded=threaded,
                            on_ack=self._on_ack, dock=self.dock_sense,
-                           on_dock=lambda docked: self.sync.on_dock(docked))
+                           on_dock=lambda docked: self.sync.on_dock(docked),
+                           trigger=self.trigger_input, microphone=self.mic, gps=self.gps,
+                           battery=self.battery)
         # The simulator's dock share lives in the workdir unless the config names one.
         self.dock_share = Path(dock_share) if dock_share else (
             self.workdir / "dock-share" if cfg.sync.directory == SCHEMA["sync"]["directory"].default
@@ -235,11 +258,24 @@ class Rig:
         self.gpio.set_input(self.dock_pin, False)
         self.agent.poll()
 
+    def trigger(self, active: bool = True) -> None:
+        """The holster sensor / light bar input."""
+        self.gpio.set_input(self.trigger_pin, active)
+        self.agent.poll()
+
     def advance_to_ns(self, target: int) -> None:
-        """Run virtual time to ``target``: ticks, frames at their times, agent polls."""
+        """Run virtual time to ``target``: ticks, frames at their times, agent polls.
+        Stops early when the agent asks to power down (battery critical)."""
         while True:
+            if self.agent.shutdown_requested:
+                return
             now = self.clock.monotonic_ns()
+            if self.mic is not None:
+                self.mic.deliver_until(now)
+            if self.gps_sim is not None:
+                self.gps_sim.emit_until(now)
             if now >= self._next_frame_ns and self._next_frame_ns <= target:
+                self.battery.recording = self.agent.state.value == "recording"
                 self.camera.capture_next()
                 self.result.frames += 1
                 self._next_frame_ns += self.camera.frame_interval_ns
@@ -261,9 +297,13 @@ class Rig:
             self._closed = True
             try:
                 self.sync.close()  # a sync thread finishes its object and stops first
-                self.agent.stop()
+                self.agent.stop(self.agent.shutdown_requested or "shutdown")
             finally:
                 self.dock_sense.close()
+                self.trigger_input.close()
+                if self.gps is not None:
+                    self.gps.stop()
+                    self.gps_sim.close()
                 self.controls.close()
                 self.gpio.close()
                 if self._ack_file:
@@ -282,7 +322,7 @@ def run(cfg: Config, workdir: Path, scenario: Scenario, *, speed: float | None =
     The simulated RTC starts at the host's UTC unless told otherwise, so a store that a
     later run reopens keeps moving forward in wall time."""
     rig = Rig(cfg, workdir, speed=speed, threaded=threaded, ack_log=ack_log,
-              device_id=device_id, utc_start_ns=utc_start_ns).start()
+              device_id=device_id, utc_start_ns=utc_start_ns, gps=cfg.gps.enabled).start()
     t0 = rig.clock.monotonic_ns()
     try:
         for step in sorted(scenario.steps, key=lambda s: s.at_s):

@@ -8,14 +8,19 @@ decision: sync hands over the proof and buffer checks it against the files once 
 
 Order: oldest clip first (evidential clips first when configured); within a clip the
 segments in sequence order and the manifest last, so a store that has a manifest has
-all it names. Each confirmation is committed before the next object is sent, so after a
-cut at most the object in flight is sent again.
+all it names. Sending and proving overlap: while object *i+1* is being sent, a second
+thread proves object *i* (asks the store for its checksum or reads it back, checks the
+local bytes against the SHA-256 buffer recorded when it wrote the file) and commits the
+confirmation. Every send is recorded as an attempt first, so after a cut an object
+already sent is found in the store (not sent again): at most the object in flight is
+re-sent. The clip is released only after all its confirmations are in.
 
 What sync does not do: decide what is evidence. Classification comes from the store
 (policy, markers, the back office) and is only copied into object tags and legal holds.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import threading
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from buffer.store import ClipFiles, ReleaseRefused
+from buffer.store import ClipFiles, FileRef, ReleaseRefused
 from drivers.clock import Clock
 from sync.state import Confirmation, SyncState
 from sync.target import ObjectConflict, PermanentError, Target, TargetError, TransientError
@@ -34,6 +39,12 @@ log = logging.getLogger("bwv.sync")
 def event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields) -> None:
     """Structured log line (the JSON formatter reads ``fields``)."""
     logger.log(level, msg, extra={"fields": fields})
+
+
+#: Proofs run beside the sends: a few at once, and a bounded number of sent-but-unproven
+#: objects (each held in memory until proven, for a possible re-send).
+PROVERS = 3
+MAX_UNPROVEN = 4
 
 
 class SyncStopped(Exception):
@@ -110,6 +121,8 @@ class SyncEngine:
         self.clock = clock
         self.settings = settings
         self.stop = stop or threading.Event()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight = threading.BoundedSemaphore(MAX_UNPROVEN)
         self.progress = progress
         self.report = SyncReport(target=target.description)
 
@@ -129,10 +142,13 @@ class SyncEngine:
             if self.settings.evidential_first:
                 clips.sort(key=lambda c: (c.classification != "evidential", c.started_utc_ns))
             rep.clips = [ClipProgress(c.clip_id, c.classification, len(c.files),
-                                      bytes_total=sum(p.stat().st_size for p in c.files))
+                                      bytes_total=sum(f.size for f in c.files))
                          for c in clips]
-            for clip, prog in zip(clips, rep.clips):
-                self._sync_clip(clip, prog)
+            with concurrent.futures.ThreadPoolExecutor(PROVERS, thread_name_prefix="bwv-prove") as pool:
+                self._pool = pool
+                for clip, prog in zip(clips, rep.clips):
+                    self._sync_clip(clip, prog)
+            self._pool = None
             self._push_audit_log()
             rep.status = "complete" if not rep.failures else "fault"
         except SyncStopped:
@@ -176,18 +192,29 @@ class SyncEngine:
         prefix = f"{self.settings.prefix}clips/{clip.clip_id}/"
         tags = {"bwv-classification": clip.classification, "bwv-device": self.settings.device_id,
                 "bwv-clip": clip.clip_id}
-        proof: list[dict] = []
         prog.state = "sending"
-        try:
-            for path in clip.files:
-                data = path.read_bytes()
-                conf = self._push_object(prefix + path.name, data, tags=tags,
-                                         legal_hold=clip.classification == "evidential")
-                proof.append({"name": path.name, "key": conf.key, "size": conf.size,
-                              "sha256": conf.sha256, "method": conf.method})
+        pending: list[concurrent.futures.Future] = []
+
+        def confirmed(fut: concurrent.futures.Future, size: int) -> None:
+            if not fut.exception():
                 prog.objects_confirmed += 1
-                prog.bytes_confirmed += conf.size
-                self._report_progress()
+                prog.bytes_confirmed += size
+        try:
+            try:
+                for f in clip.files:
+                    fut = self._push_file(prefix + f.name, f, tags=tags,
+                                          legal_hold=clip.classification == "evidential")
+                    fut.add_done_callback(lambda fu, size=f.size: confirmed(fu, size))
+                    pending.append(fut)
+                    self._report_progress()
+            finally:
+                # Never leave a proof in flight: every started confirmation is waited for
+                # (and committed) before anything else happens, stop or not.
+                concurrent.futures.wait(pending)
+            confs = [fut.result() for fut in pending]
+            self._report_progress()
+            proof = [{"name": f.name, "key": c.key, "size": c.size, "sha256": c.sha256,
+                      "method": c.method} for f, c in zip(clip.files, confs)]
             self.store.release_clip(clip.clip_id, target=self.target.description, proof=proof)
         except (NotConfirmed, ObjectConflict, ReleaseRefused) as exc:
             prog.state = "failed"
@@ -199,7 +226,36 @@ class SyncEngine:
         prog.state = "released"
         self.report.released.append(clip.clip_id)
         self.state.forget_prefix(prefix)
-        event(log, "clip released", clip_id=clip.clip_id, objects=len(proof))
+        event(log, "clip released", clip_id=clip.clip_id, objects=len(confs))
+
+    def _push_file(self, key: str, f: FileRef, *, tags: dict[str, str],
+                   legal_hold: bool) -> concurrent.futures.Future:
+        """Send one file of a clip now; prove it on the confirmation thread."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        known = self.state.confirmed(key, f.sha256)
+        if known:
+            done.set_result(known)
+            return done
+        if self.stop.is_set():
+            raise SyncStopped()
+        data = f.path.read_bytes()
+        try:
+            ours = self._send_if_needed(key, data, f.sha256, tags, legal_hold)
+        except ValueError as exc:  # a target that checks the bytes against the checksum
+            raise NotConfirmed(f"{key}: {exc} (local storage damage?)") from None
+
+        def prove() -> Confirmation:
+            try:
+                # The local bytes must be what buffer wrote: a file damaged on the device
+                # after sealing is never passed off as the evidence (nor released).
+                if hashlib.sha256(data).hexdigest() != f.sha256:
+                    raise NotConfirmed(f"{key}: the file on the device no longer matches the "
+                                       "SHA-256 recorded when it was sealed (local storage damage)")
+                return self._confirm_or_resend(key, data, f.sha256, tags, legal_hold, ours)
+            finally:
+                self._inflight.release()
+        self._inflight.acquire()  # bounded: at most MAX_UNPROVEN objects held in memory
+        return self._pool.submit(prove)
 
     def _push_audit_log(self) -> None:
         """The audit log goes up in chunks of whole records, each chunk named by the record
@@ -221,27 +277,41 @@ class SyncEngine:
     # ------------------------------------------------------------ one object
     def _push_object(self, key: str, data: bytes, *, tags: dict[str, str],
                      legal_hold: bool) -> Confirmation:
+        """Send and prove one small object (device record, audit chunk) synchronously."""
         sha = sha256_hex(data)
         known = self.state.confirmed(key, sha)
         if known:
             return known
         if self.stop.is_set():
             raise SyncStopped()
-        stat = self.target.stat(key)
-        ours = self.state.attempted(key) == sha  # we sent exactly these bytes here before
+        ours = self._send_if_needed(key, data, sha, tags, legal_hold)
+        return self._confirm_or_resend(key, data, sha, tags, legal_hold, ours)
+
+    def _send_if_needed(self, key: str, data: bytes, sha: str, tags: dict[str, str],
+                        legal_hold: bool) -> bool:
+        """Put the object unless the store has it from before a cut; returns whether the
+        key holds (or held) our own upload of exactly these bytes."""
+        ours = self.state.attempted(key) == sha
+        if not ours:
+            # First time for this key: create-only put (the store refuses to replace
+            # anything; identical bytes already there are accepted as ours).
+            self._send(key, data, sha, tags, legal_hold)
+            return True
+        stat = self.target.stat(key)  # sent before a cut: look before sending again
         if stat is None:
             self._send(key, data, sha, tags, legal_hold)
         elif stat.size == len(data) and stat.sha256 in (sha, None):
-            self.report.objects_already_there += 1  # sent before a cut; not sent again
-        elif ours:
-            self._send(key, data, sha, tags, legal_hold, replace_corrupt=True)
+            self.report.objects_already_there += 1  # not sent again
         else:
-            raise ObjectConflict(f"{key}: the store holds different content (size {stat.size}, "
-                                 f"sha256 {str(stat.sha256)[:16]}…); it is never overwritten")
+            self._send(key, data, sha, tags, legal_hold, replace_corrupt=True)
+        return True
+
+    def _confirm_or_resend(self, key: str, data: bytes, sha: str, tags: dict[str, str],
+                           legal_hold: bool, ours: bool) -> Confirmation:
         try:
             conf = self._confirm(key, sha, len(data))
         except NotConfirmed as first:
-            if not ours and self.state.attempted(key) != sha:
+            if not ours:
                 raise
             # The store corrupted or lost *our own* upload of these bytes: send once more
             # (a new version on S3); a second failure stands and the clip stays here.

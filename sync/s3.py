@@ -476,20 +476,15 @@ class S3Target:
             legal_hold: bool = False, replace_corrupt: bool = False) -> None:
         """Create ``key`` with ``data`` unless it exists; never replace different bytes.
 
-        ``sha256`` must be the data's SHA-256 (hex): it is checked here before anything
-        is sent (ValueError otherwise: local corruption or a caller bug is not the
-        store's fault), and sent so the store can check what it received.
+        ``sha256`` is the SHA-256 (hex) the caller recorded for these bytes; it is sent
+        as the object's checksum, so the store refuses a body that does not match it (an
+        S3 store answers BadDigest). It is not recomputed here: the caller hashes once.
+        No lookup before the write: ``If-None-Match: *`` makes the write itself the
+        existence check, and only a refused write is looked into (same bytes → done;
+        other bytes → ObjectConflict).
         """
         full = self._full(key)
         sha256 = sha256.lower()
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise ValueError(f"{key}: data does not match its sha256 {sha256}; not uploaded")
-        existing = None if replace_corrupt else self.stat(key)
-        if existing is not None:
-            self._same_or_conflict(key, existing, len(data), sha256)
-            if legal_hold:
-                self._hold_existing(full)
-            return
         hold = legal_hold and self.object_lock()
         params: dict[str, Any] = dict(
             Bucket=self.bucket, Key=full, Body=data, ContentLength=len(data),

@@ -8,6 +8,7 @@ confirmed object is never sent again and at most the one object in flight is re-
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,38 +35,53 @@ class SyncState:
         self.path = Path(path)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        # NORMAL, not FULL: a commit lost to a power cut only means an object is looked
+        # up in the store again (never that one is thought confirmed when it is not:
+        # a confirmation is only written after the store's proof). The evidence itself
+        # is in buffer's index, which stays FULL.
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._lock = threading.Lock()  # the sender and the confirming thread share it
 
     def confirmed(self, key: str, sha256: str) -> Confirmation | None:
-        row = self.db.execute("SELECT key, sha256, size, method FROM confirmed WHERE key=?",
-                              (key,)).fetchone()
+        with self._lock:
+            row = self.db.execute("SELECT key, sha256, size, method FROM confirmed WHERE key=?",
+                                  (key,)).fetchone()
         return Confirmation(*row) if row and row[1] == sha256 else None
 
     def confirm(self, c: Confirmation, utc_ns: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO confirmed VALUES (?,?,?,?,?)",
-                        (c.key, c.sha256, c.size, c.method, utc_ns))
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO confirmed VALUES (?,?,?,?,?)",
+                            (c.key, c.sha256, c.size, c.method, utc_ns))
 
     def attempted(self, key: str) -> str | None:
         """The SHA-256 we last sent under ``key`` (so a mismatch is known to be ours)."""
-        row = self.db.execute("SELECT sha256 FROM attempts WHERE key=?", (key,)).fetchone()
+        with self._lock:
+            row = self.db.execute("SELECT sha256 FROM attempts WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
     def attempt(self, key: str, sha256: str, utc_ns: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO attempts VALUES (?,?,?)", (key, sha256, utc_ns))
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO attempts VALUES (?,?,?)", (key, sha256, utc_ns))
 
     def meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
 
     def set_meta(self, **values: str) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        for k, v in values.items():
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, str(v)))
-        self.db.execute("COMMIT")
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            for k, v in values.items():
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, str(v)))
+            self.db.execute("COMMIT")
 
     def forget_prefix(self, prefix: str) -> None:
         """After a release the clip's confirmations are history (kept in the audit log)."""
+        with self._lock:
+            self._forget(prefix)
+
+    def _forget(self, prefix: str) -> None:
         self.db.execute("DELETE FROM confirmed WHERE key LIKE ? ESCAPE '\\'",
                         (prefix.replace("%", "\\%").replace("_", "\\_") + "%",))
         self.db.execute("DELETE FROM attempts WHERE key LIKE ? ESCAPE '\\'",

@@ -238,7 +238,9 @@ def test_audit_log_line_edited_or_deleted(capsys, work, how):
     log = work / "store" / "audit.log"
     lines = log.read_bytes().split(b"\n")
     if how == "edit":
-        lines[1] = lines[1].replace(b'"record_start"', b'"record_stoq"')
+        edited = lines[1].replace(b'"event":"', b'"event":"x', 1)
+        assert edited != lines[1]
+        lines[1] = edited
     elif how == "delete":
         del lines[1]
     else:

@@ -183,7 +183,7 @@ def test_storage_full_stops_the_clip_and_never_evicts_it(tmp_path):
     assert set(acked_in_clip) <= set(pinned)  # nothing pinned was evicted
     audit = (res.store_dir / "audit.log").read_text()
     assert '"kind":"storage_full"' in audit
-    assert '"refused_clip":' in audit
+    assert '"refused_clip":' in audit  # the second double press was refused
     assert audit.index('"kind":"storage_nearly_full"') < audit.index('"kind":"storage_full"')
 
 

@@ -77,6 +77,7 @@ def test_clean_forwarding_is_faithful(proxy, moto_url, bucket):
     assert direct(moto_url, bucket).stat("devices/D/clips/c/1") == ObjectStat(SEG, sha(data))
     assert t.get("clips/c/1") == data
     assert t.list("clips/") == ["clips/c/1"]
+    assert t.stat("clips/c/1") == ObjectStat(SEG, sha(data))  # a HEAD through the proxy
     assert proxy.put_bytes == {f"{bucket}/devices/D/clips/c/1": SEG}
     assert [p.outcome for p in proxy.puts] == ["forwarded"]
     assert {r.method for r in proxy.requests} >= {"HEAD", "PUT", "GET"}
@@ -179,11 +180,11 @@ def test_bytes_are_counted_per_key(proxy, bucket):
     a, b = os.urandom(1000), os.urandom(3000)
     t.put("k/a", a, sha256=sha(a), tags={})
     t.put("k/b", b, sha256=sha(b), tags={})
-    t.put("k/a", a, sha256=sha(a), tags={})  # identical: a no-op, no body sent
+    t.put("k/a", a, sha256=sha(a), tags={})  # identical: refused (412), compared, fine
     proxy.fail(1, 503, method="PUT", key="k/c")
     c = b"c" * 10
     t.put("k/c", c, sha256=sha(c), tags={})
-    assert proxy.put_bytes == {f"{bucket}/k/a": 1000, f"{bucket}/k/b": 3000,
+    assert proxy.put_bytes == {f"{bucket}/k/a": 2000, f"{bucket}/k/b": 3000,
                                f"{bucket}/k/c": 20}
 
 
@@ -196,7 +197,7 @@ def test_tagging_and_legal_hold_subresources_are_not_object_puts(proxy, moto_url
     assert len(holds) == 1 and holds[0].status == 200
     assert s3_client(moto_url).get_object_legal_hold(
         Bucket=bucket, Key="h")["LegalHold"]["Status"] == "ON"
-    assert proxy.put_bytes == {f"{bucket}/h": 1}
+    assert proxy.put_bytes == {f"{bucket}/h": 2}  # the second write was refused (412)
 
 
 def _raw_put(url: str, path: str, head_lines: list[str], body: bytes) -> bytes:

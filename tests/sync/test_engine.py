@@ -178,22 +178,35 @@ def test_a_store_that_corrupts_our_upload_once_gets_it_again(store_copy, tmp_pat
     store.close()
 
 
-def test_release_is_refused_if_the_device_file_changed(store_copy, tmp_path):
+def test_a_file_damaged_on_the_device_is_never_passed_off_or_released(store_copy, tmp_path):
+    store = open_store(store_copy)
+    clip = store.closed_clips()[0]
+    p = clip.files[3].path
+    data = bytearray(p.read_bytes())
+    data[-10] ^= 1  # storage damage after sealing
+    p.write_bytes(bytes(data))
+    rep = engine(store, share_at(tmp_path)).run()
+    assert clip.clip_id not in rep.released
+    assert any("local storage damage" in f for f in rep.failures)
+    assert (store.root / "clips" / clip.clip_id).is_dir()
+    store.close()
+
+
+def test_buffer_refuses_a_proof_that_does_not_match_what_it_wrote(store_copy, tmp_path):
     store = open_store(store_copy)
     clip = store.closed_clips()[0]
 
-    class Tamper(StoreView):
+    class Forged(StoreView):
         def release_clip(self, clip_id, *, target, proof):
-            p = clip.files[0]
-            data = bytearray(p.read_bytes())
-            data[-1] ^= 1
-            p.write_bytes(bytes(data))
+            proof = [dict(p) for p in proof]
+            proof[2]["sha256"] = "0" * 64  # a confirmation for other bytes
             super().release_clip(clip_id, target=target, proof=proof)
 
     eng = engine(store, share_at(tmp_path))
-    eng.store = Tamper(store)
+    eng.store = Forged(store)
     rep = eng.run()
     assert clip.clip_id not in rep.released
+    assert any("does not match the file the device wrote" in f for f in rep.failures)
     assert (store.root / "clips" / clip.clip_id).is_dir()
     store.close()
 

@@ -140,7 +140,7 @@ def test_faults_never_release_early_and_end_verified(store_copy, moto_url, bucke
 def test_after_a_cut_at_most_one_segment_is_sent_again(store_copy, moto_url, bucket):
     store = open_store(store_copy)
     clips = store.closed_clips()
-    sizes = {f.name: f.stat().st_size for c in clips for f in c.files}
+    sizes = {f.name: f.size for c in clips for f in c.files}
     total = sum(sizes.values())
     proxy = FaultProxy(moto_url, seed=3, timeout_s=10)
     proxy.start()

@@ -1,4 +1,5 @@
-"""Dock detection: the USB VBUS sense line on a GPIO input (high = docked).
+"""Level inputs: the dock's USB VBUS sense (high = docked) and the trigger input
+(holster sensor / vehicle light bar, high = active).
 
 A real ``gpiozero.DigitalInputDevice`` on whatever pin factory the platform uses
 (lgpio on the Pi, MockFactory in hw_sim). Like the buttons, timing is not done here:
@@ -12,21 +13,25 @@ from typing import Callable
 from gpiozero import DigitalInputDevice
 
 
-class DockSense:
+class LevelInput:
     def __init__(self, pin: int, pin_factory=None) -> None:
         self.on_change: Callable[[bool], None] | None = None
         self._dev = DigitalInputDevice(pin, pull_up=False, pin_factory=pin_factory)
         self._dev.when_activated = lambda: self._edge(True)
         self._dev.when_deactivated = lambda: self._edge(False)
 
-    def _edge(self, docked: bool) -> None:
+    def _edge(self, active: bool) -> None:
         cb = self.on_change
         if cb is not None:
-            cb(docked)
+            cb(active)
 
     @property
-    def docked(self) -> bool:
+    def active(self) -> bool:
         return bool(self._dev.value)
 
     def close(self) -> None:
         self._dev.close()
+
+
+DockSense = LevelInput
+TriggerInput = LevelInput
