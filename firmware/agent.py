@@ -221,6 +221,7 @@ class Agent:
         self.segmenter = Segmenter(info, cfg.camera.segment_seconds, self._on_segment,
                                    **({"audio": audio_info} if audio_info is not None else {}))
         self._next_reminder: int | None = None
+        self._mic_running = False
         self._next_battery = 0
         self._next_position = 0
         self._gps_had_fix = False
@@ -268,8 +269,8 @@ class Agent:
         if self.gps is not None and hasattr(self.gps, "on_fault"):
             self.gps.on_fault = lambda kind, detail="": self._events.append(("gps", kind, {"detail": str(detail)}))
         self.camera.start(self.on_packet)
-        if self.microphone is not None and self.cfg.audio.enabled:
-            self.microphone.start(self.on_packet)
+        self._mic_running = False
+        self._apply_mic()
         event(log, "buffering", pre_record_s=self.cfg.buffer.pre_record_seconds,
               officer_id=self.officer_id, stealth=self.stealth)
 
@@ -302,8 +303,9 @@ class Agent:
                 inp.on_change = None
         if self._docked and self.on_dock:
             self.on_dock(False)  # stop a running sync at its next object boundary
-        if self.microphone is not None and self.cfg.audio.enabled:
-            self.microphone.stop()
+        if self._mic_running:
+            self.microphone.stop()  # delivers what it captured, then closes
+            self._mic_running = False
         self.camera.stop()  # delivers the encoder's last packets
         with self._lock:
             self.segmenter.flush()
@@ -329,6 +331,25 @@ class Agent:
                     self.segmenter.push(packet)
         self._worker.throttle()  # outside the lock: back-pressure never blocks a button
 
+    def _mic_wanted(self) -> bool:
+        """The microphone runs only while its audio can be kept (recording, or buffering
+        with pre-record audio configured); muting drops packets but keeps it running, so
+        unmuting is instant."""
+        return (self.microphone is not None and self.cfg.audio.enabled and
+                (self.state is State.RECORDING or
+                 (self.state is State.BUFFERING and self.cfg.audio.in_pre_record)))
+
+    def _apply_mic(self) -> None:
+        """Start or stop the microphone — called *outside* the agent lock, because a
+        stopping microphone delivers its last packets through on_packet."""
+        want = self._mic_wanted()
+        if want and not self._mic_running:
+            self.microphone.start(self.on_packet)
+            self._mic_running = True
+        elif not want and self._mic_running:
+            self._mic_running = False
+            self.microphone.stop()
+
     def _audio_wanted(self) -> bool:
         """Audio is kept while recording (unless muted); in the pre-record window only
         when configured."""
@@ -340,6 +361,7 @@ class Agent:
         with self._lock:
             for g in self._record_btn.edge(pressed, self.clock.monotonic_ns()):
                 self._on_record_gesture(g)
+        self._apply_mic()
 
     def _on_function_edge(self, pressed: bool) -> None:
         with self._lock:
@@ -347,6 +369,7 @@ class Agent:
             for g in self._function_btn.edge(pressed, now):
                 self._on_function_gesture(g, now)
             self._push_hold_mute(now)
+        self._apply_mic()
 
     def _on_trigger_edge(self, active: bool) -> None:
         """Holster / light bar: starts recording when enabled; never stops one."""
@@ -354,6 +377,7 @@ class Agent:
             if active and self.cfg.controls.trigger_enabled and self.state is State.BUFFERING \
                     and self._clip_id is None:
                 self._start_recording(self.clock.monotonic_ns(), reason="trigger")
+        self._apply_mic()
 
     def poll(self) -> None:
         """Timers: holds, single presses, patterns, alarms, battery, GPS. Call every ≤ 10 ms."""
@@ -382,6 +406,7 @@ class Agent:
             for cue in self.alarms.due(now):
                 self.feedback.cue(cue, now)
             self.feedback.poll(now)
+        self._apply_mic()
 
     def next_deadline_ns(self) -> int | None:
         """When ``poll`` next has something to do (a ticker may sleep until then)."""

@@ -164,9 +164,10 @@ class Rig:
                  device_id: str = SIM_DEVICE_ID, utc_start_ns: int | None = None,
                  dock_share: Path | None = None, target_factory=None, clock_set: bool = True,
                  battery_percent: float = 100.0, gps: bool = False,
-                 microphone: bool | None = None) -> None:
+                 microphone: bool | None = None, tick_ns: int = TICK_NS) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tick_ns = tick_ns  # longest step without a poll (timers also wake it exactly)
         self.keys, identity = ensure_keys(self.workdir, device_id)
         if utc_start_ns is None:
             utc_start_ns = time.time_ns() // 10**9 * 10**9  # the simulated RTC, set from the host
@@ -202,7 +203,8 @@ class Rig:
         if (cfg.audio.enabled if microphone is None else microphone):
             from hw_sim.microphone import SimMicrophone
             self.mic = SimMicrophone(self.clock, sample_rate=cfg.audio.sample_rate,
-                                     sync_origin_mono_ns=self.clock.monotonic_ns())
+                                     sync_origin_mono_ns=self.clock.monotonic_ns(),
+                                     bitrate=min(64_000, 2 * cfg.audio.sample_rate))
         self.agent = Agent(cfg, clock=self.clock, camera=self.camera, controls=self.controls,
                            keys=self.keys, store_dir=self.result.store_dir, threaded=threaded,
                            on_ack=self._on_ack, dock=self.dock_sense,
@@ -283,7 +285,7 @@ class Rig:
             if now >= target:
                 return
             due = self.agent.next_deadline_ns()
-            step = min(now + TICK_NS, self._next_frame_ns, target)
+            step = min(now + self.tick_ns, self._next_frame_ns, target)
             if due is not None and now < due < step:
                 step = due  # poll exactly when a hold, blink or buzz is due
             self.clock.advance_to(step)
