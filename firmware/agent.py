@@ -526,11 +526,13 @@ class Agent:
             if self.alarms.set("fault", True, now):
                 self._worker.submit(lambda: self._store.audit.append(
                     "fault", kind="battery_gauge", message=str(exc)))
+                self._refresh_mode(now)
             self._gauge_fault = True
             return
         if getattr(self, "_gauge_fault", False):
             self._gauge_fault = False
-            self.alarms.set("fault", self.fault is not None, now)
+            self.alarms.set("fault", False, now)
+            self._refresh_mode(now)
         pct = r.percent
         if self.alarms.set("battery_low", pct <= self.cfg.power.low_percent and not r.charging, now):
             self._worker.submit(lambda: self._store.audit.append(
@@ -561,7 +563,8 @@ class Agent:
         if kind.endswith("lost"):
             self.alarms.set("fault", True, now)
         elif kind.endswith("back"):
-            self.alarms.set("fault", self.fault is not None, now)
+            self.alarms.set("fault", False, now)
+        self._refresh_mode(now)
 
     def _refresh_mode(self, now: int) -> None:
         if self.state is State.DOCKED:
@@ -569,7 +572,8 @@ class Agent:
         elif self.state is State.RECORDING:
             mode = "muted" if self.muted else "recording"
         elif self.state is State.BUFFERING:
-            mode = "store_full" if self.fault else "buffering"
+            mode = ("store_full" if self.fault else
+                    "fault" if "fault" in self.alarms.active else "buffering")
         else:
             mode = None
         self.feedback.set_mode(mode, now)
