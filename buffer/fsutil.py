@@ -25,16 +25,21 @@ def tmp_name(name: str) -> str:
     return f".{name}{TMP_SUFFIX}"
 
 
+def write_all_fsync(fd: int, data: bytes) -> None:
+    """Write every byte (os.write may write fewer) and fsync the file's data."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    os.fsync(fd)
+
+
 def write_durable(directory: Path, name: str, data: bytes, mode: int = 0o640) -> Path:
     """Write to a temp file, fsync it, rename into place, fsync the directory."""
     tmp = directory / tmp_name(name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
+        write_all_fsync(fd, data)
     finally:
         os.close(fd)
     final = directory / name

@@ -354,16 +354,8 @@ def verify_store(root: Path, device: DeviceRecord | None = None,
         prev = (seq, verdict.hash or "")
         report.ring.append(verdict)
     if (root / "audit.log").exists():
-        verifier = device.verifier()
-
-        def vsig(sig: bytes, msg: bytes) -> bool:
-            try:
-                verifier.verify(sig, msg)
-                return True
-            except InvalidSignature:
-                return False
-        report.audit_records, report.audit_problems = verify_audit(root / "audit.log", vsig,
-                                                                   device.device_id)
+        report.audit_records, report.audit_problems = verify_audit(
+            root / "audit.log", device.verifies, device.device_id)
         report.audit_problems += check_clips_against_audit(root, report)
     return report
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -54,6 +55,14 @@ class DeviceRecord:
 
     def verifier(self) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(self.public_key)
+
+    def verifies(self, signature: bytes, message: bytes) -> bool:
+        """True when ``signature`` is this device's Ed25519 signature of ``message``."""
+        try:
+            self.verifier().verify(signature, message)
+            return True
+        except InvalidSignature:
+            return False
 
 
 class KeyStore(Protocol):

@@ -222,6 +222,8 @@ class Agent:
                                    **({"audio": audio_info} if audio_info is not None else {}))
         self._next_reminder: int | None = None
         self._mic_running = False
+        self._down_since: dict[str, int] = {}
+        self._stuck: set[str] = set()
         self._next_battery = 0
         self._next_position = 0
         self._gps_had_fix = False
@@ -403,6 +405,7 @@ class Agent:
                 self._check_battery(now)
             if self.gps is not None:
                 self._check_gps(now)
+            self._check_stuck(now)
             for cue in self.alarms.due(now):
                 self.feedback.cue(cue, now)
             self.feedback.poll(now)
@@ -509,6 +512,30 @@ class Agent:
                 self._worker.submit(lambda: self._store.audit.append(
                     "clock_offset", offset_ns=offset, source="gps", corrected=True))
                 self._check_clock(now)
+
+    def _check_stuck(self, now: int) -> None:
+        """A button held far longer than any gesture is stuck (debris, a damaged
+        switch): a fault the technician must see. The camera keeps working."""
+        limit = self.cfg.controls.stuck_seconds * 10**9
+        for name, rec in (("record", self._record_btn), ("function", self._function_btn)):
+            since = self._down_since.get(name)
+            if rec.pressed and since is None:
+                self._down_since[name] = now
+            elif not rec.pressed and since is not None:
+                del self._down_since[name]
+                if name in self._stuck:
+                    self._stuck.discard(name)
+                    self.alarms.set("fault", bool(self._stuck), now)
+                    self._worker.submit(lambda n=name: self._store.audit.append(
+                        "notice", kind="button_released", button=n))
+                    self._refresh_mode(now)
+            elif since is not None and now - since >= limit and name not in self._stuck:
+                self._stuck.add(name)
+                self.alarms.set("fault", True, now)
+                self._worker.submit(lambda n=name: self._store.audit.append(
+                    "fault", kind="button_stuck", button=n))
+                self._refresh_mode(now)
+                event(log, "button stuck", level=logging.ERROR, button=name)
 
     def _check_clock(self, now: int) -> None:
         if self.alarms.set("clock_not_set", not self.clock.state().synced, now):

@@ -250,28 +250,19 @@ def cmd_log(args) -> int:
     """The audit log for a technician: every record, its chain and signature checked."""
     from buffer.audit import read_events, verify_audit
     from buffer.verify import load_device_record
-    from cryptography.exceptions import InvalidSignature
     cfg = config_mod.load(Path(args.config) if args.config else None)
     store = Path(args.store or cfg.device.store_dir)
     path = store / "audit.log"
     if not path.is_file():
         raise CliError(f"{path}: no audit log (is {store} a bwv store?)")
     device = load_device_record(Path(args.device_key) if args.device_key else store / "device.json")
-    verifier = device.verifier()
-
-    def vsig(sig: bytes, msg: bytes) -> bool:
-        try:
-            verifier.verify(sig, msg)
-            return True
-        except InvalidSignature:
-            return False
     for ev in read_events(path):
         if args.json:
             print(json.dumps(ev, sort_keys=True))
         else:
             data = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(ev.get("data", {}).items()))
             print(f"{ev.get('seq'):>6} {ev.get('utc')} {ev.get('event'):<22} {data}")
-    count, problems = verify_audit(path, vsig, device.device_id)
+    count, problems = verify_audit(path, device.verifies, device.device_id)
     for p in problems:
         print(f"FAIL {p}", file=sys.stderr)
     print(f"{count} records, chain and signatures {'OK' if not problems else 'FAILED'}",

@@ -63,6 +63,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "trigger_pin": Key(int, 6, "BCM pin of the trigger input (holster / light bar, high = active)", 0, 27),
         "trigger_enabled": Key(bool, False, "the trigger input starts recording (it never stops one)"),
         "reminder_seconds": Key(int, 120, "reminder buzz + tone while recording every N s (0 = off)", 0, 3600),
+        "stuck_seconds": Key(int, 30, "a button held this long is reported stuck (a fault)", 10, 600),
     },
     "recording": {
         "max_clip_hours": Key(float, 4.0, "a recording is split into a new clip (same incident) "

@@ -93,6 +93,9 @@ class SyncRunner:
                     stop=self._stop, max_rounds=self.cfg.sync.rounds,
                     base_s=0.05 if not self.threaded else 1.0)
             self.reports.append(report)
+            a = report.assignment
+            if a and a["officer_id"] != agent.officer_id:
+                agent.assign(a["officer_id"], by=f"dock: {a['by']}")
             agent.sync_indication(report.status)
             event(log, "sync finished", status=report.status, released=report.released,
                   failures=report.failures, message=report.message)

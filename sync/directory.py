@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from buffer.fsutil import fsync_dir
+from buffer.fsutil import fsync_dir, write_all_fsync
 from sync.target import (ObjectConflict, ObjectStat, PermanentError, ProbeResult,
                          TargetError, TransientError)
 
@@ -178,8 +178,7 @@ class DirectoryTarget:
                 tmp = path.parent / f".{path.name}.{os.getpid()}.replace.tmp"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
                 try:
-                    os.write(fd, data)
-                    os.fsync(fd)
+                    write_all_fsync(fd, data)
                 finally:
                     os.close(fd)
                 os.replace(tmp, path)
@@ -237,11 +236,7 @@ class DirectoryTarget:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
+                write_all_fsync(fd, data)
             finally:
                 os.close(fd)
             created = self._publish(tmp, path)

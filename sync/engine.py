@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +102,7 @@ class SyncReport:
     bytes_sent: int = 0
     objects_already_there: int = 0
     clock_offset_ns: int | None = None
+    assignment: dict | None = None  # the officer assignment the store holds for this camera
     message: str = ""
 
     def as_dict(self) -> dict:
@@ -136,6 +139,7 @@ class SyncEngine:
                 rep.status, rep.message = "unreachable", probe.detail
                 return rep
             self._time_check(probe)
+            self._fetch_assignment()
             self._push_object(self.settings.prefix + "device.json", self.store.device_record(),
                               tags={"bwv-device": self.settings.device_id}, legal_hold=False)
             clips = self.store.closed_clips()
@@ -167,6 +171,24 @@ class SyncEngine:
                   else logging.WARNING, status=rep.status, released=len(rep.released),
                   failures=rep.failures, message=rep.message)
         return rep
+
+    def _fetch_assignment(self) -> None:
+        """The back office assigns cameras to officers by writing
+        ``devices/<id>/assignment.json`` ({"officer_id": …, "by": …}) in the evidence store;
+        a docked camera picks it up (the caller applies and audits it)."""
+        try:
+            raw = self.target.get(self.settings.prefix + "assignment.json")
+        except FileNotFoundError:
+            return
+        try:
+            doc = json.loads(raw)
+            officer = doc["officer_id"]
+            if not isinstance(officer, str) or not re.fullmatch(r"[A-Za-z0-9._ -]{1,64}", officer):
+                raise ValueError(f"officer id {officer!r} is not 1-64 plain characters")
+        except (ValueError, KeyError, TypeError) as exc:
+            self.store.audit("fault", kind="assignment_invalid", message=str(exc))
+            return
+        self.report.assignment = {"officer_id": officer, "by": str(doc.get("by", "evidence store"))}
 
     def _time_check(self, probe) -> None:
         """Clock offset against the store's HTTP Date (1 s resolution), audited."""

@@ -528,17 +528,23 @@ class S3Target:
         self.call("legal hold", lambda: self._client.put_object_legal_hold(
             Bucket=self.bucket, Key=full, LegalHold={"Status": "ON"}), key=full)
 
+    def _get_or_none(self, full: str):
+        """GET an object; None when the store has no such key (other errors raise)."""
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=full)
+        except bce.ClientError as exc:
+            if self._is_status(exc, "404", "NoSuchKey"):
+                return None
+            raise
+
     def read_sha256(self, key: str) -> str | None:
         """Read the object back and hash it in bounded memory; None if it is absent."""
         full = self._full(key)
 
         def fetch() -> str | None:
-            try:
-                resp = self._client.get_object(Bucket=self.bucket, Key=full)
-            except bce.ClientError as exc:
-                if self._is_status(exc, "404", "NoSuchKey"):
-                    return None
-                raise
+            resp = self._get_or_none(full)
+            if resp is None:
+                return None
             h = hashlib.sha256()
             body = resp["Body"]
             try:
@@ -555,12 +561,9 @@ class S3Target:
         full = self._full(key)
 
         def fetch() -> bytes | None:
-            try:
-                resp = self._client.get_object(Bucket=self.bucket, Key=full)
-            except bce.ClientError as exc:
-                if self._is_status(exc, "404", "NoSuchKey"):
-                    return None
-                raise
+            resp = self._get_or_none(full)
+            if resp is None:
+                return None
             body = resp["Body"]
             try:
                 return body.read()

@@ -95,3 +95,27 @@ def test_undock_mid_transfer_then_dock_again_completes(tmp_path):
     shared = share_root / "devices" / rig.keys.device().device_id / "clips" / clip_id
     assert verify_clip(shared, rig.keys.device()).ok
     assert second.objects_already_there <= 1  # the object in flight at the undock, at most
+
+
+def test_the_dock_brings_the_officer_assignment(tmp_path):
+    import json as _json
+    rig = Rig(small_config(), tmp_path / "w").start()
+    device = rig.keys.device().device_id
+    d = rig.dock_share / "devices" / device
+    d.mkdir(parents=True)
+    (d / "assignment.json").write_text(_json.dumps({"officer_id": "OFC-2024", "by": "roster"}))
+    rig.advance(2)
+    rig.dock()
+    rig.advance(0.5)
+    assert rig.agent.officer_id == "OFC-2024"
+    rig.undock()
+    rig.advance(1)
+    double_press(rig)
+    rig.advance(3)
+    hold(rig, 3.1)
+    rig.advance(2)
+    res = rig.close()
+    last = res.clip_ids[-1]
+    assert verify_clip(res.clip_dir(last), rig.keys.device()).manifest["officer_id"] == "OFC-2024"
+    audit = (res.store_dir / "audit.log").read_text()
+    assert '"by":"dock: roster"' in audit

@@ -266,3 +266,52 @@ def test_power_config_and_firmware_changes_are_audited(tmp_path):
     ev = [e["event"] for e in events(r)]
     assert ev.count("power_on") == 3 and ev.count("power_off") == 3
     assert ev.count("config_changed") == 1 and ev.count("firmware_changed") == 1
+
+
+def test_a_stuck_function_button_is_a_fault_and_recording_goes_on(rig):
+    rig.advance(2)
+    double_press(rig)
+    rig.press("function")  # debris under the button
+    rig.advance(35)
+    assert "fault" in rig.agent.alarms.active
+    assert rig.agent.state is State.RECORDING
+    rig.release("function")
+    rig.advance(1)
+    assert "fault" not in rig.agent.alarms.active
+    kinds = [e["data"].get("kind") for e in events(rig) if e["event"] in ("fault", "notice")]
+    assert "button_stuck" in kinds and "button_released" in kinds
+
+
+def test_gps_sets_an_unset_clock_and_survives_garbage_and_a_vanished_port(tmp_path):
+    rig = Rig(small_config(), tmp_path / "w", microphone=False, clock_set=False, gps=True).start()
+    # the RTC was wrong by a day; the receiver knows the true time
+    rig.advance(3)
+    assert "clock_not_set" not in rig.agent.alarms.active or rig.clock.state().synced
+    for _ in range(50):
+        if rig.clock.state().synced:
+            break
+        rig.advance(1)
+    assert rig.clock.state().synced and rig.clock.state().source == "gps"
+    double_press(rig)
+    rig.gps_sim.send_garbage(20)
+    rig.gps_sim.bad_checksums(5)
+    rig.advance(5)
+    assert rig.gps.latest(10) is not None  # fixes go on between the garbage
+    rig.gps_sim.disappear()
+    import time as _t
+    deadline = _t.monotonic() + 10
+    while "fault" not in rig.agent.alarms.active and _t.monotonic() < deadline:
+        rig.advance(0.5)
+    assert "fault" in rig.agent.alarms.active and rig.agent.state is State.RECORDING
+    rig.gps_sim.reappear()
+    deadline = _t.monotonic() + 10
+    while "fault" in rig.agent.alarms.active and _t.monotonic() < deadline:
+        rig.advance(0.5)
+    assert "fault" not in rig.agent.alarms.active
+    hold(rig, 3.2)
+    rig.advance(2)
+    res = rig.close()
+    assert verify_path(res.store_dir).ok
+    ev = events(rig)
+    assert any(e["event"] == "clock_offset" and e["data"]["source"] == "gps" for e in ev)
+    assert any(e["event"] == "fault" and e["data"].get("kind") == "gps_port_lost" for e in ev)
