@@ -51,6 +51,7 @@ from firmware.gestures import Gesture, GestureConfig, GestureRecognizer
 from firmware.log import event
 
 log = logging.getLogger("bwv.agent")
+SHUTDOWN_CUE_NS = 2_600_000_000  # the battery-critical cue lasts 2.3 s
 T = TypeVar("T")
 
 
@@ -223,6 +224,7 @@ class Agent:
         self._next_reminder: int | None = None
         self._mic_running = False
         self._down_since: dict[str, int] = {}
+        self._shutdown_at: int | None = None
         self._stuck: set[str] = set()
         self._next_battery = 0
         self._next_position = 0
@@ -406,6 +408,8 @@ class Agent:
             if self.gps is not None:
                 self._check_gps(now)
             self._check_stuck(now)
+            if self._shutdown_at is not None and now >= self._shutdown_at:
+                self.shutdown_requested = "battery_critical"
             for cue in self.alarms.due(now):
                 self.feedback.cue(cue, now)
             self.feedback.poll(now)
@@ -420,6 +424,8 @@ class Agent:
                           self.alarms.next_deadline_ns(), self._next_battery]
             if self._dock_raw != self._docked:
                 candidates.append(self._dock_raw_since + self.cfg.dock.debounce_ms * 1_000_000)
+            if self._shutdown_at is not None:
+                candidates.append(self._shutdown_at)
             return min((c for c in candidates if c is not None), default=None)
 
     # --------------------------------------------------------- officer features
@@ -564,11 +570,14 @@ class Agent:
         if self.alarms.set("battery_low", pct <= self.cfg.power.low_percent and not r.charging, now):
             self._worker.submit(lambda: self._store.audit.append(
                 "alarm", kind="battery_low", on=pct <= self.cfg.power.low_percent, percent=pct))
-        if pct <= self.cfg.power.critical_percent and not r.charging and self.shutdown_requested is None:
+        if pct <= self.cfg.power.critical_percent and not r.charging and self._shutdown_at is None:
+            # Tell the officer first (the cue plays now), then close the clip and power
+            # down once the cue has ended.
             self.alarms.set("battery_critical", True, now)
+            self.feedback.cue("battery_critical", now)
             self._worker.submit(lambda: self._store.audit.append(
                 "alarm", kind="battery_critical", percent=pct, action="close clip and shut down"))
-            self.shutdown_requested = "battery_critical"
+            self._shutdown_at = now + SHUTDOWN_CUE_NS
             event(log, "battery critical: shutting down", level=logging.ERROR, percent=pct)
 
     def _apply_event(self, source: str, kind: str, data: dict, *, now: int) -> None:

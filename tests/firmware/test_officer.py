@@ -315,3 +315,43 @@ def test_gps_sets_an_unset_clock_and_survives_garbage_and_a_vanished_port(tmp_pa
     ev = events(rig)
     assert any(e["event"] == "clock_offset" and e["data"]["source"] == "gps" for e in ev)
     assert any(e["event"] == "fault" and e["data"].get("kind") == "gps_port_lost" for e in ev)
+
+
+def spans_of(rig: Rig, output: str, since: int) -> list[int]:
+    return [off - on for on, off in on_spans(rig.gpio.history(output), since)]
+
+
+def test_each_alarm_shows_its_own_pattern_on_the_pins(tmp_path):
+    """battery critical, storage nearly full and GPS lost, from real conditions."""
+    cfg = small_config(buffer__max_bytes=1024 * 1024, buffer__nearly_full_fraction=0.2,
+                       gps__alarm_on_loss=True)
+    rig = Rig(cfg, tmp_path / "w", microphone=False, gps=True).start()
+    rig.advance(3)
+    t = rig.clock.monotonic_ns()
+    double_press(rig)
+    for _ in range(30):  # the clip grows past 20 % of the budget
+        rig.advance(1)
+        if "store_nearly_full" in rig.agent.alarms.active:
+            break
+    assert "store_nearly_full" in rig.agent.alarms.active
+    rig.advance(3)
+    assert spans_of(rig, "haptic", t).count(200 * MS) >= 2  # red+green+haptic 200 ms twice
+    hold(rig, 3.2)
+    rig.advance(2)
+    t = rig.clock.monotonic_ns()
+    rig.gps_sim.lose_fix(True)
+    for _ in range(30):
+        rig.advance(1)
+        if "gps_lost" in rig.agent.alarms.active:
+            break
+    rig.advance(6)
+    assert "gps_lost" in rig.agent.alarms.active
+    # green 400 ms (it may run into the buffering blink), then a 300 ms buzz
+    assert any(d >= 400 * MS for d in spans_of(rig, "green", t))
+    assert 300 * MS in spans_of(rig, "haptic", t)
+    t = rig.clock.monotonic_ns()
+    rig.battery.set_percent(2.0)
+    rig.advance(31)
+    assert rig.agent.shutdown_requested == "battery_critical"
+    assert spans_of(rig, "haptic", t).count(1000 * MS) >= 1  # 1 s buzzes: critical
+    rig.close()
