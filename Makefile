@@ -6,10 +6,14 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: setup run test bench clean
 
-$(STAMP): pyproject.toml scripts/system-deps.sh
+$(STAMP): pyproject.toml Makefile scripts/system-deps.sh
 	bash scripts/system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	# picamera2 (pure Python) for the Pi camera driver's contract tests; its binary
+	# hardware modules (libcamera, pykms) are stood in by tests/drivers/pi_standins.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		picamera2==0.3.38 videodev2==0.0.4 piexif==1.1.3
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)

@@ -42,7 +42,8 @@ def manifest_body(*, clip_id: str, device_id: str, officer_id: str,
                   start_reason: str, stop_reason: str, pre_record_ns: int,
                   frame_interval_ns: int, closed_utc_ns: int, notes: list[str],
                   incident_id: str | None = None, part: int = 1,
-                  previous_clip: str | None = None, markers: list[dict] | None = None) -> dict:
+                  previous_clip: str | None = None, markers: list[dict] | None = None,
+                  platform: dict | None = None) -> dict:
     return {
         "format": CLIP_FORMAT,
         "clip_id": clip_id,
@@ -65,6 +66,7 @@ def manifest_body(*, clip_id: str, device_id: str, officer_id: str,
         "part": part,
         "previous_clip": previous_clip,
         "markers": markers or [],
+        "platform": platform,
     }
 
 

@@ -104,6 +104,7 @@ class StoreSettings:
     frame_interval_ns: int = 33_333_333
     default_classification: str = "non-evidential"
     marker_makes_evidential: bool = True
+    platform: tuple[tuple[str, str], ...] = ()  # recorded in every manifest (board, encoder…)
 
 
 @dataclass(frozen=True)
@@ -580,6 +581,7 @@ class Store:
                              frame_interval_ns=self.settings.frame_interval_ns,
                              closed_utc_ns=self.clock.utc_ns(), notes=notes or [],
                              incident_id=incident or clip_id, part=part, previous_clip=previous,
+                             platform=dict(self.settings.platform) or None,
                              markers=[{"utc": iso_utc(u), "mono_ns": m,
                                        "gps": json.loads(g) if g else None, "source": src}
                                       for u, m, g, src in self.db.execute(

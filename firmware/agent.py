@@ -24,6 +24,7 @@ around it reach the store in the order they happened.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import logging
 import threading
@@ -170,7 +171,8 @@ class Agent:
                  on_ack: Callable[[Ack], None] | None = None, dock: DockSense | None = None,
                  on_dock: Callable[[bool], None] | None = None, trigger: LevelInput | None = None,
                  microphone=None, gps=None, battery: Battery | None = None,
-                 firmware_version: str = FIRMWARE_VERSION) -> None:
+                 firmware_version: str = FIRMWARE_VERSION, platform: str = "sim",
+                 board: str | None = None) -> None:
         self.cfg = cfg
         self.clock = clock
         self.camera = camera
@@ -185,6 +187,9 @@ class Agent:
         self.gps = gps
         self.battery = battery
         self.firmware_version = firmware_version
+        self.platform = platform
+        self.board = board
+        self.frames_seen = 0  # watchdog: the capture loop is alive
         self._dock_raw = False
         self._dock_raw_since = 0
         self._docked = False
@@ -273,6 +278,13 @@ class Agent:
         if self.gps is not None and hasattr(self.gps, "on_fault"):
             self.gps.on_fault = lambda kind, detail="": self._events.append(("gps", kind, {"detail": str(detail)}))
         self.camera.start(self.on_packet)
+        # The camera knows its sensor and encoder once started; every manifest says where
+        # it was recorded. (Replacing the settings is safe: the worker only reads them.)
+        info = self.camera.info
+        store.settings = dataclasses.replace(store.settings, platform=(
+            ("platform", self.platform), ("board", self.board or "unknown"),
+            ("sensor", info.sensor), ("encoder", info.encoder),
+            ("firmware_version", self.firmware_version)))
         self._mic_running = False
         self._apply_mic()
         event(log, "buffering", pre_record_s=self.cfg.buffer.pre_record_seconds,
@@ -329,6 +341,7 @@ class Agent:
     # ------------------------------------------------------------------- inputs
     def on_packet(self, packet: VideoPacket) -> None:
         """Video from the camera and audio from the microphone (picamera2's one call)."""
+        self.frames_seen += 1
         with self._lock:
             if self.state in (State.BUFFERING, State.RECORDING):
                 if not packet.audio or self._audio_wanted():

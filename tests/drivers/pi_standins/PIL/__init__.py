@@ -1,0 +1,1 @@
+"""Stand-in for Pillow (test only; still-image saving is never exercised)."""

@@ -1,0 +1,1 @@
+"""Stand-in for PiDNG (test only; DNG writing is never exercised)."""
