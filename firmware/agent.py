@@ -418,6 +418,7 @@ class Agent:
             if now >= self._next_battery:
                 self._next_battery = now + self.cfg.power.check_seconds * 10**9
                 self._check_battery(now)
+                self._check_clock(now)  # time sync may come (or go) at any point
             if self.gps is not None:
                 self._check_gps(now)
             self._check_stuck(now)

@@ -19,6 +19,7 @@ from drivers.keystore import FileKeyStore, KeyStoreError
 from firmware import config as config_mod
 from firmware.config import ConfigError
 from firmware.log import setup as setup_logging
+from firmware.platform import PlatformError
 from sync.target import TargetError
 
 EXIT_FAILED_VERIFY = 1
@@ -246,6 +247,16 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    """The device's service: run the camera until SIGTERM (systemd) or Ctrl-C."""
+    from firmware.main import run
+    cfg = config_mod.load(Path(args.config) if args.config else None)
+    setup_logging(cfg.log.level)
+    return run(cfg, platform=args.platform or cfg.device.platform,
+               workdir=Path(args.workdir) if args.workdir else None,
+               max_seconds=args.max_seconds)
+
+
 def cmd_log(args) -> int:
     """The audit log for a technician: every record, its chain and signature checked."""
     from buffer.audit import read_events, verify_audit
@@ -377,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sim-clock", action="store_true", help="stamp audit records with the simulated clock")
     r.set_defaults(fn=cmd_recover)
 
+    rn = sub.add_parser("run", help="run the camera as a service (systemd: Type=notify)")
+    rn.add_argument("--config")
+    rn.add_argument("--platform", choices=("sim", "pi", "auto"),
+                    help="override device.platform from the config")
+    rn.add_argument("--workdir", help="sim platform: folder for keys, store and dock share")
+    rn.add_argument("--max-seconds", type=float, help="stop cleanly after this long (tests)")
+    rn.set_defaults(fn=cmd_run)
+
     lg = sub.add_parser("log", help="print the audit log (verified) for a technician")
     lg.add_argument("--config")
     lg.add_argument("--store")
@@ -405,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (CliError, ConfigError, KeyStoreError, StoreError, VerifyInputError, ExportError,
-            IdentityError, TargetError) as exc:
+            IdentityError, TargetError, PlatformError) as exc:
         print(f"bwv: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:

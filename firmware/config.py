@@ -33,6 +33,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "officer_id": Key(str, "UNASSIGNED", "officer id burned into frames and written in manifests"),
         "keys_dir": Key(str, "/var/lib/bwv/keys", "device signing key, device record, agency recipient"),
         "store_dir": Key(str, "/var/lib/bwv/store", "sealed segments, clips, index, audit log"),
+        "platform": Key(str, "auto", "hardware: sim (simulated), pi, or auto (a Raspberry Pi "
+                        "device tree and an importable picamera2, else sim)",
+                        choices=("sim", "pi", "auto")),
     },
     "camera": {
         "width": Key(int, 1280, "frame width (1920 for 1080p)", 160, 4096),
