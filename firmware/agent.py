@@ -234,6 +234,7 @@ class Agent:
         self._next_battery = 0
         self._next_position = 0
         self._gps_had_fix = False
+        self._next_gps_check = 0
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -419,7 +420,8 @@ class Agent:
                 self._next_battery = now + self.cfg.power.check_seconds * 10**9
                 self._check_battery(now)
                 self._check_clock(now)  # time sync may come (or go) at any point
-            if self.gps is not None:
+            if self.gps is not None and now >= self._next_gps_check:
+                self._next_gps_check = now + 10**9  # NMEA comes at 1 Hz: once a second is enough
                 self._check_gps(now)
             self._check_stuck(now)
             if self._shutdown_at is not None and now >= self._shutdown_at:
