@@ -230,7 +230,9 @@ class Agent:
         self._mic_running = False
         self._down_since: dict[str, int] = {}
         self._shutdown_at: int | None = None
-        self._stuck: set[str] = set()
+        # Every live cause of the "fault" alarm (battery gauge, GPS port, stuck button…):
+        # the alarm is on while any remains, so one cause clearing never hides another.
+        self._fault_sources: set[str] = set()
         self._next_battery = 0
         self._next_position = 0
         self._gps_had_fix = False
@@ -535,6 +537,15 @@ class Agent:
                     "clock_offset", offset_ns=offset, source="gps", corrected=True))
                 self._check_clock(now)
 
+    def _set_fault_source(self, source: str, on: bool, now: int) -> bool:
+        """Add or clear one cause of the fault alarm; True when that cause changed."""
+        if on == (source in self._fault_sources):
+            return False
+        (self._fault_sources.add if on else self._fault_sources.discard)(source)
+        self.alarms.set("fault", bool(self._fault_sources), now)
+        self._refresh_mode(now)
+        return True
+
     def _check_stuck(self, now: int) -> None:
         """A button held far longer than any gesture is stuck (debris, a damaged
         switch): a fault the technician must see. The camera keeps working."""
@@ -545,19 +556,14 @@ class Agent:
                 self._down_since[name] = now
             elif not rec.pressed and since is not None:
                 del self._down_since[name]
-                if name in self._stuck:
-                    self._stuck.discard(name)
-                    self.alarms.set("fault", bool(self._stuck), now)
+                if self._set_fault_source(f"button_stuck:{name}", False, now):
                     self._worker.submit(lambda n=name: self._store.audit.append(
                         "notice", kind="button_released", button=n))
-                    self._refresh_mode(now)
-            elif since is not None and now - since >= limit and name not in self._stuck:
-                self._stuck.add(name)
-                self.alarms.set("fault", True, now)
-                self._worker.submit(lambda n=name: self._store.audit.append(
-                    "fault", kind="button_stuck", button=n))
-                self._refresh_mode(now)
-                event(log, "button stuck", level=logging.ERROR, button=name)
+            elif since is not None and now - since >= limit:
+                if self._set_fault_source(f"button_stuck:{name}", True, now):
+                    self._worker.submit(lambda n=name: self._store.audit.append(
+                        "fault", kind="button_stuck", button=n))
+                    event(log, "button stuck", level=logging.ERROR, button=name)
 
     def _check_clock(self, now: int) -> None:
         if self.alarms.set("clock_not_set", not self.clock.state().synced, now):
@@ -572,16 +578,12 @@ class Agent:
         try:
             r = validate_battery(self.battery.read())
         except GaugeError as exc:
-            if self.alarms.set("fault", True, now):
+            message = str(exc)  # bound now: the audit runs later, on the store worker
+            if self._set_fault_source("battery_gauge", True, now):
                 self._worker.submit(lambda: self._store.audit.append(
-                    "fault", kind="battery_gauge", message=str(exc)))
-                self._refresh_mode(now)
-            self._gauge_fault = True
+                    "fault", kind="battery_gauge", message=message))
             return
-        if getattr(self, "_gauge_fault", False):
-            self._gauge_fault = False
-            self.alarms.set("fault", False, now)
-            self._refresh_mode(now)
+        self._set_fault_source("battery_gauge", False, now)
         pct = r.percent
         if self.alarms.set("battery_low", pct <= self.cfg.power.low_percent and not r.charging, now):
             self._worker.submit(lambda: self._store.audit.append(
@@ -613,10 +615,9 @@ class Agent:
         self._worker.submit(lambda: self._store.audit.append("fault" if "lost" in kind else "notice",
                                                              kind=kind, source=source, **data))
         if kind.endswith("lost"):
-            self.alarms.set("fault", True, now)
+            self._set_fault_source(source, True, now)
         elif kind.endswith("back"):
-            self.alarms.set("fault", False, now)
-        self._refresh_mode(now)
+            self._set_fault_source(source, False, now)
 
     def _refresh_mode(self, now: int) -> None:
         if self.state is State.DOCKED:

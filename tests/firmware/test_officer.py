@@ -355,3 +355,23 @@ def test_each_alarm_shows_its_own_pattern_on_the_pins(tmp_path):
     assert rig.agent.shutdown_requested == "battery_critical"
     assert spans_of(rig, "haptic", t).count(1000 * MS) >= 1  # 1 s buzzes: critical
     rig.close()
+
+
+def test_one_fault_clearing_never_hides_another_and_threaded_audit_keeps_the_cause(tmp_path):
+    """Threaded store worker, as on the device: the gauge's error message reaches the
+    audit log, and a stuck button clearing leaves the gauge fault showing."""
+    rig = Rig(small_config(), tmp_path / "w", microphone=False, threaded=True).start()
+    rig.advance(2)
+    rig.press("function")
+    rig.advance(31)  # stuck
+    rig.battery.fault = "unreadable"
+    rig.advance(31)
+    rig.release("function")
+    rig.advance(1)
+    assert "fault" in rig.agent.alarms.active  # the gauge is still lying
+    rig.battery.fault = None
+    rig.advance(31)
+    assert "fault" not in rig.agent.alarms.active
+    rig.close()
+    gauge = [e for e in events(rig) if e["event"] == "fault" and e["data"].get("kind") == "battery_gauge"]
+    assert len(gauge) == 1 and "EIO" in gauge[0]["data"]["message"]
