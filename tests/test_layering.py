@@ -37,7 +37,7 @@ def imports_of(path: Path) -> set[str]:
 def test_each_folder_imports_only_upstream():
     bad = []
     for folder, allowed in ALLOWED.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
+        for path in sorted((ROOT / folder).rglob("*.py")):
             for name in imports_of(path) & PROJECT:
                 if name not in allowed:
                     bad.append(f"{path.relative_to(ROOT)} imports {name}")
@@ -46,7 +46,7 @@ def test_each_folder_imports_only_upstream():
 
 def test_hw_sim_is_only_imported_lazily_by_the_firmware():
     """firmware may use hw_sim only inside functions (the `sim` command), never at load."""
-    for path in sorted((ROOT / "firmware").glob("*.py")):
+    for path in sorted((ROOT / "firmware").rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in tree.body:  # module level only
             if isinstance(node, (ast.Import, ast.ImportFrom)):
