@@ -37,7 +37,6 @@ import argparse
 import gc
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -56,13 +55,13 @@ import numpy as np  # noqa: E402
 import pyrage  # noqa: E402
 
 import buffer.store as store_mod  # noqa: E402
-from buffer.seal import GENESIS_HASH, SealContext, seal  # noqa: E402
 from buffer.store import Store, StoreSettings, init_store  # noqa: E402
 from capture.overlay import BurnIn  # noqa: E402
 from capture.segmenter import RawSegment, Segmenter  # noqa: E402
 from drivers.camera import VideoPacket  # noqa: E402
 from drivers.controls import ControlPins, Controls  # noqa: E402
 from firmware.agent import Agent, State  # noqa: E402
+from firmware.bench_cmd import med, pct, sealing_ops, time_ops  # noqa: E402
 from firmware.config import validate  # noqa: E402
 from hw_sim.camera import SimCamera  # noqa: E402
 from hw_sim.clock import SimClock  # noqa: E402
@@ -75,17 +74,7 @@ TARGETS = {"seal_ratio_min": 0.7, "rtf_min": 50.0, "latency_ms_max": 50.0, "sync
 
 
 # ----------------------------------------------------------------------------- helpers
-def med(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def pct(xs, p):
-    """Nearest-rank percentile (p in 0..100)."""
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    k = max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))
-    return s[k]
+# med, pct and the sealing measurement are shared with `bwv bench` (firmware/bench_cmd.py).
 
 
 def rss_kib() -> int:
@@ -252,38 +241,8 @@ def bench_seal(foot: Footage, keys, repeats: int) -> dict:
     raw = foot.segment
     data = raw.ts
     mb = len(data) / 1e6
-    recipient = keys.agency_recipient()
-    rcpt = pyrage.x25519.Recipient.from_str(recipient)
-    ctx = SealContext(keys.device().device_id, uuid.uuid4().hex, "4711", recipient, keys.sign)
-    clock = SimClock()
-
-    def do_seal():
-        return seal(raw, ctx=ctx, seq=1, prev_hash=GENESIS_HASH, clock=clock.state())
-
-    def do_ceiling():
-        ct = pyrage.encrypt(data, [rcpt])
-        hashlib.sha256(ct).digest()
-        return ct
-
-    def do_encrypt():
-        return pyrage.encrypt(data, [rcpt])
-
-    def do_sha():
-        return hashlib.sha256(data).digest()
-
-    fns = {"seal": do_seal, "ceiling": do_ceiling, "encrypt": do_encrypt, "sha256": do_sha}
-    cpu = {k: [] for k in fns}
-    wall = {k: [] for k in fns}
-    for k in fns:  # warm-up
-        fns[k]()
-    for _ in range(repeats):  # interleaved, so drift on a shared machine hits all alike
-        for k, fn in fns.items():
-            gc.collect()
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            c1, w1 = time.process_time(), time.perf_counter()
-            cpu[k].append(c1 - c0)
-            wall[k].append(w1 - w0)
+    fns = sealing_ops(raw, keys)  # seal, ceiling (encrypt+sha256), encrypt, sha256
+    cpu, wall = time_ops(fns, repeats)
     seg_video_s = raw.frame_count / foot.fps
     res = {"segment_bytes": len(data), "segment_frames": raw.frame_count,
            "segment_frame_hashes": len(raw.frame_hashes),

@@ -18,7 +18,10 @@ How picamera2 hands us frames (read from picamera2 0.3.38):
   with the codec time base 1/1 000 000, so ``packet.pts`` is the same µs value.
 * Audio (``encoder.audio = True``) arrives through the same call from another thread:
   ``outputframe(None, True, ts_us, aac_packet, True)``; ``ts_us`` is µs since the first
-  audio packet minus ``audio_sync``, i.e. on the video's "since first frame" axis.
+  audio packet minus ``audio_sync``, i.e. on the encoder's "since first frame" axis.
+  bwv runs audio on its own audio-only encoder (:mod:`drivers.pi_microphone`), so that
+  the microphone can start and stop without restarting the video; its output passes
+  ``audio_origin`` (that encoder's ``firsttimestamp``).
 * ``pre_callback(request)`` runs in the camera thread for every completed request before
   any encoder sees it; bwv draws the burn-in there on the main stream's Y plane and notes
   each frame's sensor time and wall clock (``FrameWallClock`` metadata) for the packet.
@@ -140,9 +143,13 @@ class FrameTimes:
             self.wallclock_frames += 1
         return sensor_ns - self.boot_minus_mono, wall
 
-    def audio(self, timestamp_us: int) -> tuple[int, int]:
-        """(mono_ns, utc_ns) of an audio packet: same "µs since first frame" axis."""
-        first = self.first_sensor_us()
+    def audio(self, timestamp_us: int, first_us: int | None = None) -> tuple[int, int]:
+        """(mono_ns, utc_ns) of an audio packet: same "µs since first frame" axis.
+
+        ``first_us``: the sensor time (µs) the packet's encoder counts from, when it is
+        not the video encoder's (the microphone's own audio-only encoder, see
+        :mod:`drivers.pi_microphone`)."""
+        first = self.first_sensor_us() if first_us is None else first_us
         if first is None:
             return self.clock.monotonic_ns(), self.clock.utc_ns()
         sensor_ns = (first + int(timestamp_us)) * 1000
@@ -168,19 +175,24 @@ _output_class: type | None = None
 def make_output_class() -> type:
     """A subclass of ``picamera2.outputs.Output`` that emits bwv VideoPackets.
 
-    ``BwvOutput(sink, times)``: ``times`` is a :class:`FrameTimes`. Errors in the sink are
-    logged and counted, never raised into picamera2's encoder thread (which would stop
-    recording silently); ``errors`` counts them, ``last_error`` keeps the last."""
+    ``BwvOutput(sink, times, audio_origin=None)``: ``times`` is a :class:`FrameTimes`;
+    ``audio_origin`` returns the first sensor time (µs) of the encoder that produces this
+    output's audio when that is not the video encoder (None: the video encoder's). Errors
+    in the sink are logged and counted, never raised into picamera2's encoder thread
+    (which would stop recording silently); ``errors`` counts them, ``last_error`` keeps
+    the last."""
     global _output_class
     if _output_class is not None:
         return _output_class
     from picamera2.outputs import Output
 
     class BwvOutput(Output):
-        def __init__(self, sink: PacketSink, times: FrameTimes) -> None:
+        def __init__(self, sink: PacketSink, times: FrameTimes,
+                     audio_origin: Callable[[], int | None] | None = None) -> None:
             super().__init__()
             self.sink = sink
             self.times = times
+            self.audio_origin = audio_origin
             self.video_packets = 0
             self.audio_packets = 0
             self.errors = 0
@@ -192,7 +204,13 @@ def make_output_class() -> type:
                 if timestamp is None:  # picamera2 always stamps; be safe anyway
                     timestamp = 0
                 if audio:
-                    mono, utc = self.times.audio(timestamp)
+                    if self.audio_origin is None:
+                        mono, utc = self.times.audio(timestamp)
+                    else:
+                        origin = self.audio_origin()
+                        mono, utc = (self.times.audio(timestamp, origin) if origin is not None
+                                     else (self.times.clock.monotonic_ns(),
+                                           self.times.clock.utc_ns()))
                     self.audio_packets += 1
                 else:
                     mono, utc = self.times.video(timestamp)
@@ -239,12 +257,28 @@ def make_pre_callback(times: FrameTimes, overlay: Callable[[], OverlayFn | None]
     return pre_callback
 
 
+class CameraConfigError(RuntimeError):
+    """The camera stack cannot deliver what the configuration asks for."""
+
+
 class PiCamera:
     """Camera protocol on picamera2. Threading: packets reach ``sink`` from picamera2's
-    encoder thread (hardware) or camera thread (libav), audio from the audio thread."""
+    encoder thread (hardware) or camera thread (libav), audio from the audio thread.
+
+    Start-up follows picamera2's own order (``Picamera2.start_recording``): configure
+    the camera, then ``start_encoder`` (encoder and outputs running before any frame),
+    then start the camera; ``pre_callback`` is attached before the first frame so every
+    frame carries the burn-in. ``picamera2_factory`` and ``encoder_factory`` default to
+    ``picamera2.Picamera2`` and ``picamera2.encoders.H264Encoder`` (hardware V4L2 on
+    Zero 2 W / Pi 4 / CM4, libx264 on a Pi 5); tests pass others (and a simulated
+    sensor clock as ``boottime_ns``).
+    """
 
     def __init__(self, clock_source: Clock, *, width: int, height: int, fps: int,
-                 bitrate: int, segment_seconds: float, serial: str) -> None:
+                 bitrate: int, segment_seconds: float, serial: str,
+                 picamera2_factory: Callable[[], Any] | None = None,
+                 encoder_factory: Callable[..., Any] | None = None,
+                 boottime_ns: Callable[[], int] = _boottime_ns) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"4:2:0 needs even dimensions, got {width}x{height}")
         if fps <= 0 or bitrate <= 0 or segment_seconds <= 0:
@@ -255,11 +289,19 @@ class PiCamera:
         self.segment_seconds = segment_seconds
         self.iperiod = max(1, round(fps * segment_seconds))
         self.info = CameraInfo(width=width, height=height, fps=fps)
+        self._picamera2_factory = picamera2_factory
+        self._encoder_factory = encoder_factory
+        self._boottime_ns = boottime_ns  # the sensor's clock (tests: a simulated one)
         self._overlay: OverlayFn | None = None
         self._picam2: Any = None
         self._encoder: Any = None
         self.output: Any = None
         self.times: FrameTimes | None = None
+
+    @property
+    def picam2(self) -> Any:
+        """The running ``Picamera2`` (None when stopped); the microphone attaches to it."""
+        return self._picam2
 
     def set_overlay(self, overlay: OverlayFn | None) -> None:
         self._overlay = overlay
@@ -277,28 +319,44 @@ class PiCamera:
     def start(self, sink: PacketSink) -> None:
         if self._picam2 is not None:
             raise RuntimeError("camera already started")
-        from picamera2 import Picamera2
-        from picamera2.encoders import H264Encoder
+        make_picam2 = self._picamera2_factory
+        make_encoder = self._encoder_factory
+        if make_picam2 is None:
+            from picamera2 import Picamera2 as make_picam2
+        if make_encoder is None:
+            from picamera2.encoders import H264Encoder as make_encoder
 
-        picam2 = Picamera2()
+        w, h, fps = self.info.width, self.info.height, self.info.fps
+        picam2 = make_picam2()
         try:
             model = str(picam2.camera_properties.get("Model") or "unknown")
             config = picam2.create_video_configuration(
-                main={"size": (self.info.width, self.info.height), "format": "YUV420"},
-                controls={"FrameRate": float(self.info.fps)})
+                main={"size": (w, h), "format": "YUV420"},
+                controls={"FrameRate": float(fps)}, encode="main")
             picam2.configure(config)
-            # Only parameters both V4L2 H264Encoder and LibavH264Encoder accept.
-            encoder = H264Encoder(bitrate=self.bitrate, repeat=True, iperiod=self.iperiod)
-            times = FrameTimes(self.clock, first_sensor_us=lambda: encoder.firsttimestamp)
+            got = tuple(picam2.camera_configuration()["main"]["size"])
+            if got != (w, h):
+                # The burn-in, the segment headers and the overlay's plane view are all
+                # sized from the config: a silently different stream would be mislabelled.
+                raise CameraConfigError(
+                    f"the camera delivers {got[0]}x{got[1]}, the config asks for {w}x{h}: "
+                    f"set camera.width/height to a size this sensor pipeline supports")
+            # Only parameters both V4L2 H264Encoder and LibavH264Encoder accept; the
+            # frame rate feeds libx264's rate control (Pi 5) and the V4L2 level choice.
+            # An int: LibavH264Encoder hands it to PyAV's add_stream(rate=), which takes
+            # an int or a Fraction and fails on a float.
+            encoder = make_encoder(bitrate=self.bitrate, repeat=True, iperiod=self.iperiod,
+                                   framerate=int(fps))
+            times = FrameTimes(self.clock, boottime_ns=self._boottime_ns,
+                               first_sensor_us=lambda: encoder.firsttimestamp)
             output = make_output_class()(sink, times)
-            picam2.pre_callback = make_pre_callback(times, lambda: self._overlay, "main",
-                                                    self.info.width, self.info.height)
-            self.info = CameraInfo(width=self.info.width, height=self.info.height,
-                                   fps=self.info.fps, sensor=model,
+            picam2.pre_callback = make_pre_callback(times, lambda: self._overlay, "main", w, h)
+            self.info = CameraInfo(width=w, height=h, fps=fps, sensor=model,
                                    encoder=self.encoder_kind(encoder))
             times.sample()
-            picam2.start_recording(encoder, output)
+            picam2.start_recording(encoder, output, name="main")
         except BaseException:
+            picam2.pre_callback = None
             picam2.close()
             raise
         self._picam2, self._encoder, self.output, self.times = picam2, encoder, output, times
@@ -308,7 +366,9 @@ class PiCamera:
         if picam2 is None:
             return
         try:
-            picam2.stop_recording()  # flushes the encoder: last packets reach the sink
+            # Camera first, then every encoder (the microphone's too, if still running):
+            # the video encoder flushes, so its last packets reach the sink.
+            picam2.stop_recording()
         finally:
             picam2.pre_callback = None
             picam2.close()

@@ -58,6 +58,11 @@ def test_dry_run_prints_every_action(dry_run):
     assert "+dtoverlay=pps-gpio,gpiopin=18" in out and "-console=serial0,115200" in out  # the diff
     assert any("99-bwv.rules" in a for a in actions) and 'SYMLINK+="bwv-gps"' in out
     assert any("etc/systemd/system/bwv.service" in a for a in actions)
+    # The A/B slots are the only code directory the agent may write.
+    assert any("install -d -o bwv -g bwv -m 0750 /opt/bwv/firmware" in a for a in actions)
+    # The console port is bwv's own: no login shell may share it.
+    assert any("systemctl mask serial-getty@ttyGS0.service" in a for a in actions)
+    assert not any("enable serial-getty" in a for a in actions)
     assert any("systemctl enable bwv.service" in a for a in actions)
 
 
@@ -89,3 +94,52 @@ def test_systemd_analyze_verify(tmp_path):
     problems = [ln for ln in (p.stdout + p.stderr).splitlines()
                 if ln.strip() and "/opt/bwv/venv/bin/bwv" not in ln]
     assert not problems, problems
+
+
+def _dry_run(tmp_path, toml: str | None, *extra: str) -> subprocess.CompletedProcess:
+    root = tmp_path / "root"
+    (root / "boot" / "firmware").mkdir(parents=True)
+    (root / "boot" / "firmware" / "config.txt").write_text("arm_64bit=1\n")
+    (root / "boot" / "firmware" / "cmdline.txt").write_text(CMDLINE)
+    if toml is not None:
+        (root / "etc" / "bwv").mkdir(parents=True)
+        (root / "etc" / "bwv" / "bwv.toml").write_text(toml)
+    before = snapshot(root)
+    p = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--root", str(root), *extra],
+                       capture_output=True, text=True, timeout=30)
+    assert snapshot(root) == before, "dry run wrote into --root"
+    return p
+
+
+def test_pps_pin_and_chrony_files_follow_the_device_config(tmp_path):
+    p = _dry_run(tmp_path, "[gps]\npps_pin = 4\nnmea_offset_ms = 150\n")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "+dtoverlay=pps-gpio,gpiopin=4" in out and "gpiopin=18" not in out
+    assert "etc/chrony/conf.d/bwv-gps.conf" in out
+    assert "| refclock SOCK /run/chrony.bwv-nmea.sock refid NMEA offset 0.150 delay 0.2 noselect" in out
+    assert "| refclock PPS /dev/pps0 lock NMEA refid PPS prefer" in out
+    assert "etc/systemd/system/chrony.service.d/bwv-nmea-socket.conf" in out
+    assert "chgrp bwv /run/chrony.bwv-nmea.sock" in out
+
+
+def test_no_pps_wired_and_gps_off(tmp_path):
+    p = _dry_run(tmp_path / "a", None, "--pps-gpio", "0")  # the flag overrides the default 18
+    assert p.returncode == 0, p.stderr
+    assert "dtoverlay=pps-gpio" not in p.stdout and "refclock PPS" not in p.stdout
+    assert "| refclock SOCK /run/chrony.bwv-nmea.sock refid NMEA offset 0.000 delay 0.2" in p.stdout
+    p = _dry_run(tmp_path / "b", "[gps]\nenabled = false\n")
+    assert p.returncode == 0, p.stderr
+    assert "dtoverlay=pps-gpio" not in p.stdout and "bwv-gps.conf" not in p.stdout
+    assert "skipped: GPS" in p.stdout
+
+
+def test_a_config_it_cannot_read_stops_the_install(tmp_path):
+    p = _dry_run(tmp_path, "[gps]\npps_pin = 17\n")  # the record button's pin
+    assert p.returncode == 2
+    assert "gps.pps_pin" in p.stderr and "cannot generate the chrony files" in p.stderr
+
+
+def test_unit_gives_lgpio_a_writable_working_directory():
+    lines = UNIT.read_text().splitlines()
+    assert "RuntimeDirectory=bwv" in lines and "WorkingDirectory=/run/bwv" in lines

@@ -134,3 +134,77 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
 def test_cmdline_already_right_is_not_even_respaced():
     done = "console=tty1  root=/dev/mmcblk0p2\trootwait modules-load=dwc2,g_serial\n"
     assert render_cmdline_txt(done) == done
+
+
+# ------------------------------------------------------------- GPS time for chrony
+def _toml(tmp_path, text: str):
+    p = tmp_path / "bwv.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_chrony_conf_pairs_pps_with_bwvs_nmea_or_uses_nmea_alone():
+    from firmware.bootconfig import chrony_conf
+    with_pps = chrony_conf("/run/chrony.bwv-nmea.sock", pps=True, nmea_offset_ms=120)
+    rules = [ln for ln in with_pps.splitlines() if not ln.startswith("#")]
+    assert rules == ["refclock SOCK /run/chrony.bwv-nmea.sock refid NMEA offset 0.120 delay 0.2 noselect",
+                     "refclock PPS /dev/pps0 lock NMEA refid PPS prefer"]
+    alone = [ln for ln in chrony_conf("/run/x.sock", pps=False).splitlines() if not ln.startswith("#")]
+    assert alone == ["refclock SOCK /run/x.sock refid NMEA offset 0.000 delay 0.2"]
+    assert chrony_conf("/run/x.sock", pps=True) == chrony_conf("/run/x.sock", pps=True)  # stable
+    for bad in ("relative.sock", "/run/a b.sock", "/run/x.sock;reboot", "/run/$(id).sock"):
+        with pytest.raises(BootConfigError, match="absolute path"):
+            chrony_conf(bad, pps=True)
+    with pytest.raises(BootConfigError, match="outside"):
+        chrony_conf("/run/x.sock", pps=True, nmea_offset_ms=1000)
+
+
+def test_chrony_unit_dropin_hands_the_socket_to_bwv_and_never_fails_chrony():
+    import subprocess
+    from firmware.bootconfig import chrony_unit_dropin
+    text = chrony_unit_dropin("/run/chrony.bwv-nmea.sock")
+    lines = text.splitlines()
+    assert "[Service]" in lines
+    (post,) = [ln for ln in lines if ln.startswith("ExecStartPost=")]
+    assert post.startswith("ExecStartPost=-+/bin/sh -c '")  # '-': chrony starts regardless
+    script = post.split("-c '", 1)[1].rstrip("'")
+    assert "chgrp bwv /run/chrony.bwv-nmea.sock" in script and "chmod 0660" in script
+    subprocess.run(["sh", "-n", "-c", script], check=True)  # valid shell
+    with pytest.raises(BootConfigError):
+        chrony_unit_dropin("/run/x.sock", group="bwv;rm")
+
+
+def test_pps_pin_comes_from_the_config_and_the_flag_overrides_it(boot, tmp_path, capsys):
+    cfg = _toml(tmp_path, "[gps]\npps_pin = 4\n")
+    assert main(["--config", cfg, "--print", "pps-pin"]) == 0
+    assert capsys.readouterr().out.strip() == "4"
+    assert main(["--config", cfg, "--pps-gpio", "0", "--print", "pps-pin"]) == 0
+    assert capsys.readouterr().out.strip() == "0"
+    assert main(["--print", "pps-pin"]) == 0  # the default: GPIO18, as docs/HARDWARE.md wires it
+    assert capsys.readouterr().out.strip() == "18"
+    assert main(["--boot-dir", str(boot), "--config", cfg, "--dry-run"]) == 0
+    assert "+dtoverlay=pps-gpio,gpiopin=4" in capsys.readouterr().out
+    none = _toml(tmp_path, "[gps]\npps_pin = 0\n")
+    assert main(["--boot-dir", str(boot), "--config", none, "--dry-run"]) == 0
+    assert "pps-gpio" not in capsys.readouterr().out
+    assert main(["--config", none, "--print", "chrony-conf"]) == 0
+    out = capsys.readouterr().out
+    assert "refclock PPS" not in out and "noselect" not in out and "refclock SOCK" in out
+
+
+def test_gps_off_means_no_pps_and_no_chrony_files(boot, tmp_path, capsys):
+    from firmware.bootconfig import EXIT_GPS_OFF
+    off = _toml(tmp_path, "[gps]\nenabled = false\n")
+    assert main(["--config", off, "--print", "chrony-conf"]) == EXIT_GPS_OFF
+    assert main(["--config", off, "--print", "pps-pin"]) == 0
+    assert capsys.readouterr().out.strip() == "0"
+    no_sock = _toml(tmp_path, '[gps]\nchrony_socket = ""\n')
+    assert main(["--config", no_sock, "--print", "chrony-unit"]) == EXIT_GPS_OFF
+
+
+def test_a_bad_config_is_one_line_exit_2(tmp_path, capsys):
+    clash = _toml(tmp_path, "[gps]\npps_pin = 17\n")  # the record button's pin
+    assert main(["--config", clash, "--print", "chrony-conf"]) == 2
+    err = capsys.readouterr().err
+    assert "gps.pps_pin" in err and "already used" in err and len(err.strip().splitlines()) == 1
+    assert main(["--config", str(tmp_path / "missing.toml"), "--print", "pps-pin"]) == 2
