@@ -45,7 +45,27 @@ def _parse_line(line: bytes, lineno: int) -> tuple[bytes, bytes]:
         sig = base64.b64decode(sig_b64, validate=True)
     except ValueError:
         raise AuditError(f"audit line {lineno}: signature is not base64") from None
+    # Only the one canonical spelling: base64 ignores the unused low bits of the last
+    # character, so "…Cg==" and "…Co==" decode alike; accepting both would let a byte
+    # of the last record change without any check noticing (its hash is the chain's
+    # only other witness, and nothing follows the last line).
+    if len(sig) != 64 or base64.b64encode(sig) != sig_b64:
+        raise AuditError(f"audit line {lineno}: signature is not the canonical base64 "
+                         "of 64 bytes")
     return body, sig
+
+
+def _seq_of(body: bytes) -> int:
+    """The ``seq`` of a record body. Any bytes may sit on a damaged line (``1e400``, a
+    nesting bomb, a list): all of it is an AuditError, never another exception."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise AuditError(f"record body is not JSON ({type(exc).__name__})") from None
+    seq = obj.get("seq") if isinstance(obj, dict) else None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise AuditError(f"record seq {repr(seq)[:40]} is not a sequence number")
+    return seq
 
 
 class AuditLog:
@@ -60,6 +80,7 @@ class AuditLog:
         self._seq, self._prev = -1, GENESIS
         self.repaired_bytes = 0
         self.damaged_tail = False
+        self._resync = False
         self._recover_tail()
 
     def _recover_tail(self) -> None:
@@ -69,6 +90,13 @@ class AuditLog:
             return
         data = self.path.read_bytes()
         keep = data.rfind(b"\n") + 1  # a line without its newline was never acknowledged
+        # A record is ASCII JSON, a tab and base64: it never holds a NUL. A last line that
+        # does is an append the cut tore (its newline's page reached the disk, another
+        # page of it did not and reads as zeros): never acknowledged either, so it goes
+        # too. (Only the last line: each append is fsynced before the next one starts.)
+        start = data.rfind(b"\n", 0, max(keep - 1, 0)) + 1
+        if keep and b"\x00" in data[start:keep]:
+            keep = start
         if keep < len(data):
             self.repaired_bytes = len(data) - keep
             with open(self.path, "r+b") as f:
@@ -80,8 +108,8 @@ class AuditLog:
             self._prev = hashlib.sha256(last).hexdigest()
             try:
                 body, _ = _parse_line(last, -1)
-                self._seq = int(json.loads(body)["seq"])
-            except (AuditError, ValueError, KeyError, TypeError):
+                self._seq = _seq_of(body)
+            except AuditError:
                 # A damaged last record must not keep the camera from starting: the chain
                 # goes on from the damaged line's hash, so the damage stays visible to
                 # verify (named there), and the store records it as a fault.
@@ -92,7 +120,31 @@ class AuditLog:
     def head(self) -> tuple[int, str]:
         return self._seq, self._prev
 
+    def last_record(self) -> dict | None:
+        """The body of the last whole record in the file (None: no record, or not
+        readable as one). Tells a caller whether an append it could not confirm (a cut
+        between it and what followed) reached the log."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+                tail = f.read()
+        except OSError:
+            return None
+        end = tail.rfind(b"\n")
+        if end < 0:
+            return None
+        try:
+            body, _ = _parse_line(tail[:end].rsplit(b"\n", 1)[-1], -1)
+            obj = json.loads(body)
+        except (AuditError, ValueError, RecursionError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
     def append(self, event: str, **data) -> AuditRecord:
+        if self._resync:
+            self._seq, self._prev = -1, GENESIS
+            self._recover_tail()
+            self._resync = False
         body = {
             "seq": self._seq + 1,
             "device_id": self._device_id,
@@ -110,6 +162,12 @@ class AuditLog:
         try:
             os.write(fd, line + b"\n")
             os.fsync(fd)
+        except OSError:
+            # The line may be in the file without its fsync (or part of it): the next
+            # append first reads back where the log really ends, so the chain never
+            # repeats a seq or skips a line that is there.
+            self._resync = True
+            raise
         finally:
             os.close(fd)
         self._seq += 1
@@ -165,7 +223,7 @@ def read_events(path: Path) -> list[dict]:
             continue
         try:
             body = json.loads(line.rsplit(b"\t", 1)[0])
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(body, dict):
             out.append(body)

@@ -43,7 +43,8 @@ def manifest_body(*, clip_id: str, device_id: str, officer_id: str,
                   frame_interval_ns: int, closed_utc_ns: int, notes: list[str],
                   incident_id: str | None = None, part: int = 1,
                   previous_clip: str | None = None, markers: list[dict] | None = None,
-                  platform: dict | None = None) -> dict:
+                  platform: dict | None = None, resumed_from: str | None = None,
+                  resume_gap: dict | None = None) -> dict:
     return {
         "format": CLIP_FORMAT,
         "clip_id": clip_id,
@@ -67,6 +68,8 @@ def manifest_body(*, clip_id: str, device_id: str, officer_id: str,
         "previous_clip": previous_clip,
         "markers": markers or [],
         "platform": platform,
+        "resumed_from": resumed_from,
+        "resume_gap": resume_gap,
     }
 
 

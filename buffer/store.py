@@ -35,8 +35,8 @@ from pathlib import Path
 from buffer import envelope
 from buffer.audit import AuditLog
 from buffer.clip import MANIFEST_NAME, ClipSegmentRef, build_manifest, manifest_body
-from buffer.fsutil import (TMP_SUFFIX, fsync_dir, mkdir_durable, move_durable,
-                           unlink_durable, write_durable)
+from buffer.fsutil import (TMP_SUFFIX, fsync_dir, mkdir_durable, move_all_durable, move_durable,
+                           tmp_name, unlink_durable, write_durable)
 from buffer.seal import GENESIS_HASH, SealContext, seal
 from capture.segmenter import RawSegment
 from drivers.clock import Clock, iso_utc, parse_iso_utc
@@ -126,6 +126,8 @@ class RecoveryReport:
     finished_releases: list[str] = field(default_factory=list)
     reindexed: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
+    duplicate_names: list[int] = field(default_factory=list)
+    audit_completed: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     closed_clips: list[str] = field(default_factory=list)
     audit_repaired_bytes: int = 0
@@ -152,7 +154,8 @@ CREATE TABLE IF NOT EXISTS clips (
     manifest_sha256 TEXT,
     officer_id TEXT NOT NULL, started_utc_ns INTEGER NOT NULL,
     press_mono_ns INTEGER NOT NULL, start_reason TEXT NOT NULL,
-    stopped_utc_ns INTEGER, stop_reason TEXT, manifest_hash TEXT);
+    stopped_utc_ns INTEGER, stop_reason TEXT, manifest_hash TEXT,
+    resume TEXT);
 CREATE TABLE IF NOT EXISTS intents (
     id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, seq INTEGER NOT NULL,
     path TEXT NOT NULL);
@@ -163,16 +166,35 @@ CREATE TABLE IF NOT EXISTS markers (
 """
 
 
+def read_marker(marker: Path) -> dict:
+    """The store marker's JSON object. A damaged marker (bad UTF-8, not JSON, a nesting
+    bomb, not an object) is ``NotAStore`` naming the file, never another exception: the
+    agent turns it into a fault a technician can act on (fuzz target `store_marker`)."""
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise NotAStore(f"{marker} is corrupt ({type(exc).__name__})") from None
+    if not isinstance(info, dict):
+        raise NotAStore(f"{marker} is corrupt (not a JSON object)")
+    return info
+
+
 def init_store(root: Path, device: DeviceRecord) -> None:
     """Create an empty store for this device (refuses a non-empty foreign directory)."""
     root = Path(root)
     marker = root / MARKER
     if marker.exists():
-        existing = json.loads(marker.read_text())
+        existing = read_marker(marker)
         if existing.get("device_id") != device.device_id:
             raise StoreError(f"{root} belongs to device {existing.get('device_id')!r}")
         return
-    if root.exists() and any(root.iterdir()):
+    # What a first start cut short (power, an I/O error) leaves is ours to finish; any
+    # other content means this is not a fresh directory for a store.
+    ours = {"device.json", tmp_name("device.json"), tmp_name(MARKER)}
+    dirs = {"ring", "clips", "quarantine"}
+    if root.exists() and any(not (p.name in ours or (p.name in dirs and p.is_dir()
+                                                     and not any(p.iterdir())))
+                             for p in root.iterdir()):
         raise NotAStore(f"{root} is not empty and not a bwv store; refusing to use it")
     root.mkdir(parents=True, exist_ok=True)
     for sub in ("ring", "clips", "quarantine"):
@@ -181,6 +203,12 @@ def init_store(root: Path, device: DeviceRecord) -> None:
     write_durable(root, MARKER, json.dumps(
         {"format": STORE_FORMAT, "device_id": device.device_id}).encode())
     fsync_dir(root.parent)
+
+
+def _outbox(event: str, data: dict) -> tuple[str, tuple]:
+    """The statement that parks an audit event in the index until it is in the log."""
+    return ("INSERT OR REPLACE INTO meta VALUES ('audit_outbox', ?)",
+            (json.dumps({"event": event, "data": data}, sort_keys=True),))
 
 
 class Store:
@@ -199,16 +227,26 @@ class Store:
         self._lock_fd = self._take_lock()
         self.ring = self.root / "ring"
         self.clips = self.root / "clips"
-        # Opened (and recovered) on the starting thread, then handed to the store worker:
-        # one thread at a time, never two at once, so the same-thread check is lifted.
-        self.db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
-                                  check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
-        self.audit = AuditLog(self.root / "audit.log", device_id=self.device.device_id,
-                              sign=keys.sign, clock=clock)
+        self.db: sqlite3.Connection | None = None
+        try:
+            # Opened (and recovered) on the starting thread, then handed to the store
+            # worker: one thread at a time, never two at once, so the same-thread check
+            # is lifted.
+            self.db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+            if "resume" not in {r[1] for r in self.db.execute("PRAGMA table_info(clips)")}:
+                # a store made before resume-after-crash: one nullable column more
+                self.db.execute("ALTER TABLE clips ADD COLUMN resume TEXT")
+            self.audit = AuditLog(self.root / "audit.log", device_id=self.device.device_id,
+                                  sign=keys.sign, clock=clock)
+        except BaseException:
+            self.abandon()  # an I/O error while opening: hold no lock, no file
+            raise
         self._used = 0
+        self._orphans: set[Path] = set()  # files of appends whose index row failed
         self.recovery = RecoveryReport(audit_repaired_bytes=self.audit.repaired_bytes,
                                        audit_damaged_tail=self.audit.damaged_tail)
 
@@ -217,18 +255,20 @@ class Store:
     def open(cls, root: Path, keys: KeyStore, clock: Clock, settings: StoreSettings, *,
              officer_id: str) -> "Store":
         store = cls(root, keys, clock, settings, officer_id=officer_id)
-        store._recover()
+        try:
+            store._recover()
+        except BaseException:
+            store.abandon()  # (an I/O error: the next open recovers from the start)
+            raise
         return store
 
     def _check_marker(self) -> None:
         marker = self.root / MARKER
         try:
-            info = json.loads(marker.read_text())
+            info = read_marker(marker)
         except FileNotFoundError:
             raise NotAStore(f"{self.root} is not a bwv store (no {MARKER}); "
                             "create one with 'bwv sim' or 'bwv store init'") from None
-        except ValueError:
-            raise NotAStore(f"{marker} is corrupt") from None
         if info.get("format") != STORE_FORMAT:
             raise NotAStore(f"{marker}: unknown store format {info.get('format')!r}")
         if info.get("device_id") != self.device.device_id:
@@ -257,6 +297,9 @@ class Store:
         """Make files, index and chain agree after whatever happened last time."""
         rep = self.recovery
         rep.unclean_shutdown = self._meta("clean_shutdown", "1") == "0"
+        # 0. An audit event committed with its change but not yet in the log goes in first.
+        if (completed := self._flush_audit_outbox()) is not None:
+            rep.audit_completed.append(completed)
         # 1. Unacknowledged temp files: their writer never returned, nobody was told
         #    they exist. They are incomplete by construction; drop them, say so.
         for directory in [self.ring, *self._clip_dirs()]:
@@ -281,6 +324,8 @@ class Store:
             for p in directory.iterdir():
                 seq = parse_seg_name(p.name)
                 if seq is not None:
+                    if seq in on_disk:  # a move to a clip cut short: one segment, two names
+                        p = self._drop_duplicate(seq, on_disk[seq], p)
                     on_disk[seq] = p
         rows = {r[0]: r[1] for r in self.db.execute("SELECT seq, clip_id FROM segments")}
         for seq, p in sorted(on_disk.items()):
@@ -320,7 +365,7 @@ class Store:
             self.audit.append("unclean_shutdown", head_seq=int(self._meta("head_seq", "-1")),
                               last_segment_end_utc=last_end)
         if any((rep.discarded_tmp, rep.finished_evictions, rep.finished_releases,
-                rep.reindexed, rep.missing,
+                rep.reindexed, rep.missing, rep.duplicate_names, rep.audit_completed,
                 rep.quarantined, rep.closed_clips, rep.audit_repaired_bytes,
                 rep.audit_damaged_tail)):
             self.audit.append("recovery", **rep.as_dict())
@@ -330,6 +375,24 @@ class Store:
 
     def _clip_dirs(self) -> list[Path]:
         return sorted(p for p in self.clips.iterdir() if p.is_dir())
+
+    def _drop_duplicate(self, seq: int, a: Path, b: Path) -> Path:
+        """A segment under two names: promotion links into the clip and fsyncs it before
+        it unlinks from the ring, so a cut in between leaves both. The clip keeps it and
+        the ring's name goes; should the two ever differ, the other one is quarantined,
+        never deleted. Returns the path kept."""
+        keep, extra = (b, a) if a.parent == self.ring else (a, b)
+        if os.path.samefile(keep, extra) or keep.read_bytes() == extra.read_bytes():
+            unlink_durable(extra)
+        else:
+            q = self.root / "quarantine"
+            mkdir_durable(q)
+            dst = move_durable(extra, q, no_replace=True)
+            self.recovery.quarantined.append(f"{extra.relative_to(self.root)} -> "
+                                             f"{dst.relative_to(self.root)}: differs from "
+                                             f"{keep.relative_to(self.root)}")
+        self.recovery.duplicate_names.append(seq)
+        return keep
 
     def _reindex(self, seq: int, path: Path, clip_id: str | None) -> bool:
         """A durable file whose index row was not committed (cut between the two)."""
@@ -360,14 +423,63 @@ class Store:
 
     # ------------------------------------------------------------------ writing
     def _tx(self, statements: list[tuple[str, tuple]]) -> None:
+        if self.db.in_transaction:  # a rollback an I/O error cut short last time
+            self.db.execute("ROLLBACK")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for sql, args in statements:
                 self.db.execute(sql, args)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite may have rolled back by itself (an I/O error in COMMIT); a failing
+            # ROLLBACK must not hide the error that caused it
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
+
+    #: Events whose record names one clip and happens once per clip: the outbox matches
+    #: them by clip; any other event by its whole data.
+    _ONCE_PER_CLIP = ("record_start", "record_stop")
+
+    def _tx_audited(self, statements: list[tuple[str, tuple]], event: str, data: dict, *,
+                    replaces_outbox: bool = False) -> None:
+        """Commit ``statements`` and audit ``event`` as one. The event is committed with
+        them (meta ``audit_outbox``), appended to the audit log, then cleared: a power cut
+        between the commit and the append would otherwise leave a durable change the
+        audit log never names (the campaign's compound cut found a recovery-closed clip
+        with no ``record_stop``). Recovery appends what the outbox still holds.
+        ``replaces_outbox``: a provisional record of this same event for this clip may be
+        in the outbox (``open_clip``); this one supersedes it."""
+        pending = json.loads(self._meta("audit_outbox") or "null")
+        if not (replaces_outbox and pending and pending["event"] == event
+                and pending["data"].get("clip_id") == data.get("clip_id")):
+            self._flush_audit_outbox()
+        self._tx(statements + [_outbox(event, data)])
+        self.audit.append(event, **data)
+        self._tx([("DELETE FROM meta WHERE key='audit_outbox'", ())])
+
+    def _flush_audit_outbox(self) -> str | None:
+        """Append the outbox's event unless it is the audit log's last record already
+        (the cut came after the append, before the clear); returns the event appended."""
+        pending = self._meta("audit_outbox")
+        if pending is None:
+            return None
+        ev = json.loads(pending)
+        last = self.audit.last_record() or {}
+        data = last.get("data") if isinstance(last.get("data"), dict) else {}
+        if ev["event"] in self._ONCE_PER_CLIP:
+            done = last.get("event") == ev["event"] and data.get("clip_id") == ev["data"].get("clip_id")
+        else:
+            done = last.get("event") == ev["event"] and data == ev["data"]
+        appended = None
+        if not done:
+            self.audit.append(ev["event"], **ev["data"], completed_by_recovery=True)
+            appended = ev["event"]
+        self._tx([("DELETE FROM meta WHERE key='audit_outbox'", ())])
+        return appended
 
     @property
     def head(self) -> tuple[int, str]:
@@ -389,6 +501,9 @@ class Store:
         """Seal, write durably, index. Returning is the acknowledgement."""
         if clip_id is not None and not self.clip_is_open(clip_id):
             raise StoreError(f"clip {clip_id} is not open; refusing to add a segment to it")
+        if clip_id is not None:  # an open_clip that an I/O error cut short made no directory
+            mkdir_durable(self.clips / clip_id)
+        self._remove_orphans()  # before their seq is used again, maybe in another directory
         seq_prev, prev_hash = self.head
         seq = seq_prev + 1
         ctx = SealContext(self.device.device_id, self.stream_id, self.officer_id,
@@ -396,9 +511,43 @@ class Store:
         sealed = seal(raw, ctx=ctx, seq=seq, prev_hash=prev_hash, clock=self.clock.state(), gps=gps)
         self._make_room(len(sealed.data))
         directory = self.ring if clip_id is None else self.clips / clip_id
-        path = write_durable(directory, seg_name(seq), sealed.data)
-        # The whole file's SHA-256, taken from the bytes as written: what a release must
-        # be proven against (sync never has to be trusted about what the file was).
+        path = directory / seg_name(seq)
+        try:
+            write_durable(directory, seg_name(seq), sealed.data)
+            # The whole file's SHA-256, taken from the bytes as written: what a release
+            # must be proven against (sync never has to be trusted about what it was).
+            self._index(seq, sealed, raw, clip_id)
+        except BaseException:
+            if self._indexed(seq, sealed.hash):
+                raise  # committed after all (the error came late): the file stays
+            if not os.path.lexists(path):
+                raise
+            # Not acknowledged (an I/O error after the rename: the directory's fsync, the
+            # index): the file must go, or it would meet the next segment that gets this
+            # seq (perhaps in a clip, not the ring).
+            self._orphans.add(path)
+            try:
+                self._remove_orphans()
+            except OSError:
+                pass  # kept; tried again before the next append, which waits for it
+            raise
+        self._used += len(sealed.data)
+        self._evict_outside_window()
+        return Ack(seq, sealed.hash, path, clip_id, len(sealed.data))
+
+    def _indexed(self, seq: int, hash_: str) -> bool:
+        try:
+            row = self.db.execute("SELECT hash FROM segments WHERE seq=?", (seq,)).fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None and row[0] == hash_
+
+    def _remove_orphans(self) -> None:
+        for path in sorted(self._orphans):
+            unlink_durable(path)
+            self._orphans.discard(path)
+
+    def _index(self, seq: int, sealed, raw: RawSegment, clip_id: str | None) -> None:
         self._tx([("INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?,?)",
                    (seq, sealed.hash, self.stream_id, clip_id, len(sealed.data), raw.start_mono_ns,
                     raw.end_mono_ns, raw.start_utc_ns, raw.end_utc_ns,
@@ -406,9 +555,6 @@ class Store:
                   ("INSERT OR REPLACE INTO meta VALUES ('head_seq', ?)", (str(seq),)),
                   ("INSERT OR REPLACE INTO meta VALUES ('head_hash', ?)", (sealed.hash,)),
                   ("INSERT OR REPLACE INTO meta VALUES ('last_end_utc', ?)", (str(raw.end_utc_ns),))])
-        self._used += len(sealed.data)
-        self._evict_outside_window()
-        return Ack(seq, sealed.hash, path, clip_id, len(sealed.data))
 
     def _ring_segments(self) -> list[tuple[int, int, int, int]]:
         """Unpinned segments, oldest first: (seq, size, start_mono_ns, end_mono_ns)."""
@@ -478,11 +624,15 @@ class Store:
     def open_clip(self, *, press_mono_ns: int, started_utc_ns: int, clip_id: str | None = None,
                   start_reason: str = "record_button", incident_id: str | None = None,
                   part: int = 1, previous_clip: str | None = None,
-                  pre_record: bool = True, classification: str | None = None) -> str:
+                  pre_record: bool = True, classification: str | None = None,
+                  resumed_from: str | None = None) -> str:
         """Pin the pre-record window (by rename) into a new clip and return its id.
 
         A clip that continues an incident after a file split (``part`` > 1) takes no
         pre-record: its first segment is the one after the previous part's last.
+        ``resumed_from`` names the clip an unclean stop interrupted (recording resumed
+        by itself at the next start): where that clip's last acknowledged segment ended
+        is kept with this clip, so its manifest states the gap between the two.
         """
         # Room for at least one more segment as large as the largest recent one.
         one_segment = self.db.execute(
@@ -492,27 +642,44 @@ class Store:
             raise StoreFull(f"store full: {self.pinned_bytes()} of {self.settings.max_bytes} bytes "
                             "are clips awaiting sync; cannot start a clip (dock the camera)")
         clip_id = clip_id or f"{self.device.device_id}-{uuid.uuid4().hex[:12]}"
-        if self.db.execute("SELECT 1 FROM clips WHERE clip_id=?", (clip_id,)).fetchone():
+        row = self.db.execute("SELECT state FROM clips WHERE clip_id=?", (clip_id,)).fetchone()
+        if row is not None and row[0] != "open":
             raise StoreError(f"clip {clip_id} exists already")
+        # An open row is this same open, cut short by an I/O error and asked again: it goes
+        # on from where it stopped (the pre-record window only while nothing is pinned yet).
+        again = row is not None
         clip_dir = self.clips / clip_id
+        resume = self._resume_point(resumed_from) if resumed_from else None
         # Row first, then the directory: recovery closes every open row (creating the
         # directory if the cut came in between), so no clip is ever left half-made.
-        self._tx([("INSERT INTO clips(clip_id, state, officer_id, started_utc_ns, press_mono_ns, "
-                   "start_reason, incident_id, part, previous_clip, classification) "
-                   "VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (clip_id, self.officer_id, started_utc_ns, press_mono_ns, start_reason,
-                    incident_id or clip_id, part, previous_clip,
-                    classification or self.settings.default_classification))])
+        if not again:
+            # The row comes with its record_start parked in the outbox: a cut before the
+            # end of this method still leaves the clip's start in the audit log.
+            self._flush_audit_outbox()
+            self._tx([("INSERT INTO clips(clip_id, state, officer_id, started_utc_ns, press_mono_ns, "
+                       "start_reason, incident_id, part, previous_clip, classification, resume) "
+                       "VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (clip_id, self.officer_id, started_utc_ns, press_mono_ns, start_reason,
+                        incident_id or clip_id, part, previous_clip,
+                        classification or self.settings.default_classification,
+                        json.dumps(resume) if resume else None)),
+                      _outbox("record_start", {"clip_id": clip_id, "reason": start_reason,
+                                               "incident_id": incident_id or clip_id, "part": part})])
         mkdir_durable(clip_dir)
         # The newest contiguous run of this stream's unpinned segments, back to the first
         # one that reaches the start of the window.
         window_start = press_mono_ns - self.settings.pre_record_ns
         chosen: list[int] = []
-        if self.settings.pre_record_ns > 0 and pre_record:
+        # Asked again, the clip may hold segments already (appended while the move failed):
+        # the window is the ring's run just before its first one, if that one does not
+        # reach back a whole window by itself.
+        first = self.db.execute("SELECT seq, start_mono_ns FROM segments WHERE clip_id=? "
+                                "ORDER BY seq LIMIT 1", (clip_id,)).fetchone() if again else None
+        if self.settings.pre_record_ns > 0 and pre_record and (first is None or first[1] > window_start):
             rows = self.db.execute(
                 "SELECT seq, start_mono_ns, stream_id FROM segments WHERE clip_id IS NULL "
-                "ORDER BY seq DESC").fetchall()
-            expect = None
+                "AND seq < ? ORDER BY seq DESC", (first[0] if first else 2**62,)).fetchall()
+            expect = first[0] - 1 if first else None
             for seq, start, stream in rows:
                 if stream != self.stream_id or (expect is not None and seq != expect):
                     break
@@ -520,29 +687,63 @@ class Store:
                 expect = seq - 1
                 if start <= window_start:
                     break
-        # Renames first, then one fsync per directory: the files were durable already, a
-        # cut part-way leaves each in ring/ or in the clip, and recovery reads the files
-        # as the truth for which. (Two fsyncs instead of two per segment: this runs on
-        # the record button's path.)
-        for seq in sorted(chosen):
-            os.rename(self.ring / seg_name(seq), clip_dir / seg_name(seq))
+        # Link every one into the clip, fsync it, then unlink them from the ring and fsync
+        # that (two fsyncs in all: this runs on the record button's path). A rename would
+        # be two directory updates made durable one directory at a time, and a cut between
+        # could keep the ring's removal and lose the clip's name (power-cut campaign). A
+        # cut part-way leaves each segment in the clip, or in both (recovery drops the
+        # ring's extra name), never in neither; one moved by an attempt cut short by an
+        # I/O error counts as moved.
         if chosen:
-            fsync_dir(clip_dir)
-            fsync_dir(self.ring)
-        self._tx([("UPDATE segments SET clip_id=? WHERE seq=?", (clip_id, seq)) for seq in chosen])
-        self.audit.append("record_start", clip_id=clip_id, reason=start_reason,
+            move_all_durable(self.ring, clip_dir, [seg_name(seq) for seq in sorted(chosen)])
+        self._tx_audited([("UPDATE segments SET clip_id=? WHERE seq=?", (clip_id, seq))
+                          for seq in chosen],
+                         "record_start", dict(clip_id=clip_id, reason=start_reason,
                           incident_id=incident_id or clip_id, part=part,
                           pre_record_segments=len(chosen),
-                          first_seq=min(chosen) if chosen else None)
+                          first_seq=min(chosen) if chosen else None,
+                          **({"resumed_from": resumed_from,
+                              "interrupted_last_seq": resume["last_seq"],
+                              "interrupted_last_end_utc": resume["last_end_utc"],
+                              "gap_to_start_ns": (started_utc_ns - resume["last_end_utc_ns"]
+                                                  if resume["last_end_utc_ns"] is not None
+                                                  else None)}
+                             if resume else {})),
+                         replaces_outbox=True)
         return clip_id
+
+    def _resume_point(self, clip_id: str) -> dict:
+        """Where the interrupted clip's last acknowledged segment ended (None fields
+        when it holds none)."""
+        row = self.db.execute("SELECT seq, end_utc_ns, end_mono_ns, stream_id FROM segments "
+                              "WHERE clip_id=? ORDER BY seq DESC LIMIT 1", (clip_id,)).fetchone()
+        seq, utc, mono, stream = row if row else (None, None, None, None)
+        return {"clip_id": clip_id, "last_seq": seq, "last_end_utc_ns": utc,
+                "last_end_utc": iso_utc(utc) if utc is not None else None,
+                "last_end_mono_ns": mono, "last_stream_id": stream}
+
+    def interrupted_clip(self, clip_id: str | None, incident_id: str | None) -> dict | None:
+        """The clip a resumed recording continues: ``clip_id`` if the store has it, else
+        the newest part of ``incident_id`` (a cut between a split's close and the next
+        part's open); ``{"clip_id", "incident_id", "part"}`` or None."""
+        row = self.db.execute("SELECT clip_id, incident_id, part FROM clips WHERE clip_id=?",
+                              (clip_id,)).fetchone() if clip_id else None
+        if row is None and incident_id:
+            row = self.db.execute("SELECT clip_id, incident_id, part FROM clips WHERE "
+                                  "incident_id=? ORDER BY part DESC, rowid DESC LIMIT 1",
+                                  (incident_id,)).fetchone()
+        if row is None:
+            return None
+        return {"clip_id": row[0], "incident_id": row[1] or row[0], "part": row[2]}
 
     def add_marker(self, clip_id: str, *, utc_ns: int, mono_ns: int, gps: dict | None,
                    source: str = "function_button") -> None:
         """An officer's event marker: in the clip's manifest, audited; it makes the clip
         evidential when the policy says so (``settings.marker_makes_evidential``)."""
-        self._tx([("INSERT INTO markers(clip_id, utc_ns, mono_ns, gps, source) VALUES (?,?,?,?,?)",
-                   (clip_id, utc_ns, mono_ns, json.dumps(gps) if gps else None, source))])
-        self.audit.append("marker", clip_id=clip_id, utc=iso_utc(utc_ns), gps=gps, source=source)
+        self._tx_audited([("INSERT INTO markers(clip_id, utc_ns, mono_ns, gps, source) "
+                           "VALUES (?,?,?,?,?)",
+                           (clip_id, utc_ns, mono_ns, json.dumps(gps) if gps else None, source))],
+                         "marker", dict(clip_id=clip_id, utc=iso_utc(utc_ns), gps=gps, source=source))
         if self.settings.marker_makes_evidential and self.clip_is_open(clip_id):
             cls = self.db.execute("SELECT classification FROM clips WHERE clip_id=?",
                                   (clip_id,)).fetchone()[0]
@@ -560,11 +761,11 @@ class Store:
                    notes: list[str] | None = None) -> str:
         """Write the signed manifest durably, then mark the clip closed (idempotent)."""
         row = self.db.execute("SELECT officer_id, started_utc_ns, start_reason, state, manifest_hash, "
-                              "incident_id, part, previous_clip FROM clips WHERE clip_id=?",
+                              "incident_id, part, previous_clip, resume FROM clips WHERE clip_id=?",
                               (clip_id,)).fetchone()
         if row is None:
             raise StoreError(f"no clip {clip_id}")
-        officer, started_utc, start_reason, state, old_hash, incident, part, previous = row
+        officer, started_utc, start_reason, state, old_hash, incident, part, previous, resume = row
         if state == "closed":
             return old_hash
         segs = [ClipSegmentRef(*r) for r in self.db.execute(
@@ -582,6 +783,9 @@ class Store:
                              closed_utc_ns=self.clock.utc_ns(), notes=notes or [],
                              incident_id=incident or clip_id, part=part, previous_clip=previous,
                              platform=dict(self.settings.platform) or None,
+                             resumed_from=json.loads(resume)["clip_id"] if resume else None,
+                             resume_gap=self._resume_gap(clip_id, json.loads(resume))
+                             if resume else None,
                              markers=[{"utc": iso_utc(u), "mono_ns": m,
                                        "gps": json.loads(g) if g else None, "source": src}
                                       for u, m, g, src in self.db.execute(
@@ -590,12 +794,29 @@ class Store:
         data, mhash = build_manifest(body, self.keys.sign)
         mkdir_durable(self.clips / clip_id)
         write_durable(self.clips / clip_id, MANIFEST_NAME, data)
-        self._tx([("UPDATE clips SET state='closed', stopped_utc_ns=?, stop_reason=?, "
-                   "manifest_hash=?, manifest_sha256=? WHERE clip_id=?",
-                   (stopped_utc_ns, stop_reason, mhash, hashlib.sha256(data).hexdigest(), clip_id))])
-        self.audit.append("record_stop", clip_id=clip_id, reason=stop_reason,
-                          segments=len(segs), manifest_hash=mhash, gaps=len(body["gaps"]))
+        self._tx_audited([("UPDATE clips SET state='closed', stopped_utc_ns=?, stop_reason=?, "
+                           "manifest_hash=?, manifest_sha256=? WHERE clip_id=?",
+                           (stopped_utc_ns, stop_reason, mhash, hashlib.sha256(data).hexdigest(),
+                            clip_id))],
+                         "record_stop", dict(clip_id=clip_id, reason=stop_reason, segments=len(segs),
+                                             manifest_hash=mhash, gaps=len(body["gaps"])))
         return mhash
+
+    def _resume_gap(self, clip_id: str, resume: dict) -> dict:
+        """From the interrupted clip's last acknowledged segment end to this clip's first
+        segment start. The duration is on the UTC line: the two monotonic values belong
+        to different power-ons (streams) and are kept as they were recorded."""
+        first = self.db.execute("SELECT seq, start_utc_ns, start_mono_ns, stream_id FROM segments "
+                                "WHERE clip_id=? ORDER BY seq LIMIT 1", (clip_id,)).fetchone()
+        seq, utc, mono, stream = first if first else (None, None, None, None)
+        last_utc = resume.get("last_end_utc_ns")
+        return {"after_clip": resume["clip_id"], "after_seq": resume.get("last_seq"),
+                "from_utc": resume.get("last_end_utc"), "from_mono_ns": resume.get("last_end_mono_ns"),
+                "from_stream_id": resume.get("last_stream_id"),
+                "before_seq": seq, "to_utc": iso_utc(utc) if utc is not None else None,
+                "to_mono_ns": mono, "to_stream_id": stream,
+                "duration_ns": utc - last_utc if utc is not None and last_utc is not None else None,
+                "reason": "unclean_stop"}
 
     # ------------------------------------------------------------- sync's view
     def closed_clips(self) -> list[ClipFiles]:
@@ -628,9 +849,10 @@ class Store:
         if not self.db.execute("SELECT 1 FROM clips WHERE clip_id=? AND state!='released'",
                                (clip_id,)).fetchone():
             raise StoreError(f"no clip {clip_id} on this device")
-        self._tx([("UPDATE clips SET classification=? WHERE clip_id=?", (classification, clip_id))])
-        self.audit.append("classification", clip_id=clip_id, classification=classification,
-                          reason=reason)
+        self._tx_audited([("UPDATE clips SET classification=? WHERE clip_id=?",
+                           (classification, clip_id))],
+                         "classification", dict(clip_id=clip_id, classification=classification,
+                                                reason=reason))
 
     def release_clip(self, clip_id: str, *, target: str, proof: list[dict]) -> None:
         """Free a clip's space once the evidence store has confirmed every file of it.
@@ -699,9 +921,23 @@ class Store:
     def ring_seqs(self) -> list[int]:
         return [r[0] for r in self._ring_segments()]
 
+    def abandon(self) -> None:
+        """Let go of the store without the clean-shutdown mark (the storage failed under
+        us): like a cut, the next open runs recovery."""
+        if self._lock_fd < 0:
+            return
+        try:
+            if self.db is not None:
+                self.db.close()
+        except sqlite3.Error:
+            pass
+        os.close(self._lock_fd)
+        self._lock_fd = -1
+
     def close(self) -> None:
         """Clean shutdown: recorded so the next start knows nothing was cut."""
         self.audit.append("store_close", head_seq=self.head[0])
         self._tx([("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '1')", ())])
         self.db.close()
         os.close(self._lock_fd)
+        self._lock_fd = -1

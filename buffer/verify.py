@@ -122,13 +122,27 @@ def check_device(header: dict, device: DeviceRecord) -> None:
                           f"expected {device.device_id!r}")
 
 
+# The header fields the verifier reads, with the JSON type each must have (FORMAT.md §3).
+# A header is parsed before its signature is checked, so a forged one can hold anything:
+# typing them here keeps every later check total (fuzz target `segment`).
+_SEGMENT_FIELDS: tuple[tuple[str, type, bool], ...] = (  # (name, type, required)
+    ("seq", int, True), ("stream_id", str, True), ("prev_hash", str, True),
+    ("capture", dict, True), ("payload", dict, True), ("frame_hashes", list, True),
+    ("video", dict, False))
+
+
 def check_segment_format(header: dict) -> None:
-    required = ("seq", "stream_id", "prev_hash", "capture", "payload", "frame_hashes")
-    if header.get("format") != SEGMENT_FORMAT or any(k not in header for k in required):
-        raise EnvelopeMalformed(f"header is not {SEGMENT_FORMAT}")
-    if not (isinstance(header["capture"], dict) and isinstance(header["payload"], dict)
-            and isinstance(header["frame_hashes"], list)):
-        raise EnvelopeMalformed(f"header is not {SEGMENT_FORMAT} (field types)")
+    if header.get("format") != SEGMENT_FORMAT:
+        raise EnvelopeMalformed(f"header is not {SEGMENT_FORMAT} (format {header.get('format')!r})")
+    for name, kind, required in _SEGMENT_FIELDS:
+        if name not in header:
+            if required:
+                raise EnvelopeMalformed(f"header is not {SEGMENT_FORMAT}: no {name!r} field")
+            continue
+        value = header[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise EnvelopeMalformed(f"header is not {SEGMENT_FORMAT}: {name!r} is "
+                                    f"{type(value).__name__}, not {kind.__name__}")
 
 
 def check_payload(data: bytes, env: envelope.Envelope, header: dict) -> None:
@@ -212,9 +226,14 @@ def verify_clip(clip_dir: Path, device: DeviceRecord | None = None,
         report.failures.append(("ManifestInvalid", f"manifest is for clip {manifest.get('clip_id')!r}, "
                                                    f"directory is {clip_dir.name!r}"))
     try:  # reached with a manifest whose signature failed too: its body may be anything
-        listed = [(int(s["seq"]), str(s["hash"])) for s in manifest["segments"]]
+        listed = _listed_segments(manifest["segments"])
         streams = {str(x) for x in manifest.get("streams", [])}
-        gaps = [dict(g) for g in manifest.get("gaps", [])]
+        gaps = list(manifest.get("gaps", []))
+        if not all(isinstance(g, dict) for g in gaps):
+            raise ManifestInvalid("manifest gaps: an entry is not an object")
+    except ManifestInvalid as exc:
+        report.failures.append(("ManifestInvalid", str(exc)))
+        return report
     except (KeyError, TypeError, ValueError) as exc:
         report.failures.append(("ManifestInvalid", f"manifest segment list or gaps malformed ({exc!r})"))
         return report
@@ -260,7 +279,8 @@ def verify_clip(clip_dir: Path, device: DeviceRecord | None = None,
     report.gaps = gaps
     fps = next((s.header["video"]["fps"] for s in report.segments if s.header and
                 isinstance(s.header.get("video", {}).get("fps"), int)), 30)
-    recorded = {(g.get("after_seq"), g.get("before_seq")) for g in report.gaps}
+    # a list, not a set: a manifest's gap fields can be any JSON (lists are unhashable)
+    recorded = [(g.get("after_seq"), g.get("before_seq")) for g in report.gaps]
     for g in find_gaps(refs, 10**9 // max(fps, 1)):
         if (g["after_seq"], g["before_seq"]) not in recorded:
             g["reason"] += " (seen in segment times, not stated in the manifest)"
@@ -270,6 +290,23 @@ def verify_clip(clip_dir: Path, device: DeviceRecord | None = None,
             report.gaps.append({"after_seq": (s.seq or 0) - 1, "before_seq": (s.seq or 0) + 1,
                                 "reason": "segment_missing", "duration_ns": None})
     return report
+
+
+def _listed_segments(segments: list) -> list[tuple[int, str]]:
+    """The manifest's ``segments`` as (seq, hash). Each seq becomes a file name, so it
+    must be what a 12-digit name holds before it goes near the filesystem: an unsigned
+    or forged manifest may list 1e400 or a 300-digit number (fuzz target `manifest`)."""
+    out = []
+    for i, entry in enumerate(segments):
+        seq = entry.get("seq") if isinstance(entry, dict) else None
+        digest = entry.get("hash") if isinstance(entry, dict) else None
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 10**12:
+            raise ManifestInvalid(f"manifest segment entry {i}: seq {repr(seq)[:40]} is not a "
+                                  "sequence number (an integer, 0 to 999999999999)")
+        if not isinstance(digest, str):
+            raise ManifestInvalid(f"manifest segment entry {i}: hash is not a string")
+        out.append((seq, digest))
+    return out
 
 
 def _verify_unclosed_clip(clip_dir: Path, device: DeviceRecord, key_source: str) -> ClipReport:
@@ -369,15 +406,20 @@ def check_clips_against_audit(root: Path, report: "StoreReport") -> list[str]:
     from buffer.audit import read_events
     problems = []
     present = {c.clip_id: c for c in report.clips}
-    events = read_events(root / "audit.log")
-    released = {ev["data"].get("clip_id") for ev in events
-                if ev.get("event") == "clip_released" and isinstance(ev.get("data"), dict)}
+    events = [ev for ev in read_events(root / "audit.log") if isinstance(ev.get("data"), dict)]
+    for ev in events:  # a forged line may hold anything (named by verify_audit's signature check)
+        if (ev.get("event") in ("clip_released", "record_stop")
+                and not isinstance(ev["data"].get("clip_id"), str)):
+            problems.append(f"{AuditInvalid.__name__}: audit record {str(ev.get('seq'))[:20]} "
+                            f"names clip {repr(ev['data'].get('clip_id'))[:40]}, not a clip id")
+    events = [ev for ev in events if isinstance(ev["data"].get("clip_id"), str)]
+    released = {ev["data"]["clip_id"] for ev in events if ev.get("event") == "clip_released"}
     for ev in events:
-        if ev.get("event") != "record_stop" or not isinstance(ev.get("data"), dict):
+        if ev.get("event") != "record_stop":
             continue
-        if ev["data"].get("clip_id") in released:
+        if ev["data"]["clip_id"] in released:
             continue  # freed after the evidence store confirmed it (the record says where)
-        clip_id, mhash = ev["data"].get("clip_id"), ev["data"].get("manifest_hash")
+        clip_id, mhash = ev["data"]["clip_id"], ev["data"].get("manifest_hash")
         if clip_id not in present:
             problems.append(f"{ClipMissing.__name__}: audit record {ev.get('seq')} says clip "
                             f"{clip_id} was closed, but the store has no such clip")

@@ -3,10 +3,14 @@
 The device holds exactly two secrets-or-not: its own signing key (secret, 0600, never
 leaves the device) and the agency's *public* age recipient. It never holds anything
 that decrypts footage (DESIGN invariant 1). A secure element or TPM can replace
-``FileKeyStore`` behind the same three methods.
+``FileKeyStore`` behind the same methods: ``KeyStore`` is what the agent uses,
+``ProvisioningKeyStore`` adds what provisioning needs (generate, replace, erase, the
+technician keys allowed on the serial console). Technician keys are public keys: the
+device only ever checks their signatures.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 DEVICE_KEY_FILE = "device.key"  # PEM PKCS#8 Ed25519 private key, mode 0600
 DEVICE_RECORD_FILE = "device.json"  # {"device_id": ..., "public_key": hex}
 AGENCY_RECIPIENT_FILE = "agency.recipient"  # one line: age1...
+TECHNICIANS_FILE = "technicians.json"  # console keys: {"format", "keys": [{"name", "public_key"}]}
+TECHNICIANS_FORMAT = "bwv-technicians/1"
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
@@ -47,6 +53,8 @@ class DeviceRecord:
         try:
             obj = json.loads(text)
             dev, pub = obj["device_id"], bytes.fromhex(obj["public_key"])
+        except RecursionError:  # a nesting bomb: device.json travels with untrusted data
+            raise KeyStoreError(f"{origin}: not a device record (JSON nested too deeply)") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise KeyStoreError(f"{origin}: not a device record ({exc})") from None
         if not isinstance(dev, str) or not _DEVICE_ID.match(dev) or len(pub) != 32:
@@ -65,10 +73,40 @@ class DeviceRecord:
             return False
 
 
+@dataclass(frozen=True)
+class TechnicianKey:
+    """A technician's Ed25519 public key, allowed on the serial console."""
+
+    name: str
+    public_key: bytes  # raw 32-byte Ed25519
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the raw key, hex: what the audit log names a technician by."""
+        return hashlib.sha256(self.public_key).hexdigest()
+
+    def verifies(self, signature: bytes, message: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, message)
+            return True
+        except InvalidSignature:
+            return False
+
+
 class KeyStore(Protocol):
     def device(self) -> DeviceRecord: ...
     def sign(self, message: bytes) -> bytes: ...
     def agency_recipient(self) -> str: ...
+    def technician_keys(self) -> list[TechnicianKey]: ...
+
+
+class ProvisioningKeyStore(KeyStore, Protocol):
+    """What provisioning asks of a key store (a secure element implements the same)."""
+
+    def provisioned(self) -> bool: ...
+    def generate(self, device_id: str, agency_recipient: str, *, replace: bool = False) -> DeviceRecord: ...
+    def set_technician_keys(self, keys: list[TechnicianKey]) -> None: ...
+    def erase(self) -> list[str]: ...
 
 
 def validate_device_id(device_id: str) -> str:
@@ -82,6 +120,27 @@ def validate_recipient(text: str, origin: str = "agency recipient") -> str:
     if not _AGE_RECIPIENT.match(text):
         raise KeyStoreError(f"{origin}: not an age X25519 recipient (expected 'age1…', 62 chars)")
     return text
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Temp file, fsync, rename over, fsync the directory: a cut leaves old or new."""
+    tmp = path.with_name(f".{path.name}.new")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -104,20 +163,97 @@ class FileKeyStore:
     @staticmethod
     def create(directory: Path, device_id: str, agency_recipient: str) -> "FileKeyStore":
         """Generate the device key on the device (it never leaves) and store the recipient."""
+        ks = FileKeyStore(directory)
+        ks.generate(device_id, agency_recipient)
+        return FileKeyStore(directory)
+
+    def provisioned(self) -> bool:
+        return (self.directory / DEVICE_KEY_FILE).exists()
+
+    def generate(self, device_id: str, agency_recipient: str, *, replace: bool = False) -> DeviceRecord:
+        """A new device key, made here (it never leaves), and the agency recipient.
+
+        ``replace`` is for re-provisioning, after the caller made sure no unsynced
+        evidence depends on the old key: each file is replaced atomically (key first, so
+        a cut in between leaves a record that does not match, which ``device`` names)."""
         validate_device_id(device_id)
         agency_recipient = validate_recipient(agency_recipient)
-        directory = Path(directory)
+        directory = self.directory
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if (directory / DEVICE_KEY_FILE).exists():
+        if (directory / DEVICE_KEY_FILE).exists() and not replace:
             raise KeyStoreError(f"{directory / DEVICE_KEY_FILE} exists; refusing to replace a device key")
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        _write_private(directory / DEVICE_KEY_FILE, pem)
         pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        (directory / DEVICE_RECORD_FILE).write_text(DeviceRecord(device_id, pub).to_json())
-        (directory / AGENCY_RECIPIENT_FILE).write_text(agency_recipient + "\n")
-        return FileKeyStore(directory)
+        record = DeviceRecord(device_id, pub)
+        if replace:
+            _write_atomic(directory / DEVICE_KEY_FILE, pem, 0o600)
+        else:
+            _write_private(directory / DEVICE_KEY_FILE, pem)
+        _write_atomic(directory / DEVICE_RECORD_FILE, record.to_json().encode(), 0o644)
+        _write_atomic(directory / AGENCY_RECIPIENT_FILE, (agency_recipient + "\n").encode(), 0o644)
+        self._key, self._record = None, None
+        return record
+
+    def technician_keys(self) -> list[TechnicianKey]:
+        """The technician keys allowed on the console ([] when none were provisioned).
+
+        A list anybody but the owner can write is refused: adding a line to it would
+        let a stranger onto the console."""
+        path = self.directory / TECHNICIANS_FILE
+        try:
+            st = path.stat()
+            text = path.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            return []
+        except UnicodeDecodeError as exc:
+            raise KeyStoreError(f"{path}: not a technician key list (not UTF-8: {exc})") from None
+        if stat.S_IMODE(st.st_mode) & 0o022:
+            raise KeyStoreError(f"{path} is writable by group/others (mode "
+                                f"{stat.S_IMODE(st.st_mode):04o}); refusing to trust it — chmod 644")
+        try:
+            obj = json.loads(text)
+            if obj.get("format") != TECHNICIANS_FORMAT:
+                raise ValueError(f"format is {obj.get('format')!r}, expected {TECHNICIANS_FORMAT!r}")
+            keys = [TechnicianKey(str(k["name"]), bytes.fromhex(k["public_key"])) for k in obj["keys"]]
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise KeyStoreError(f"{path}: not a technician key list ({exc})") from None
+        if any(len(k.public_key) != 32 for k in keys):
+            raise KeyStoreError(f"{path}: a public key is not 32 bytes")
+        return keys
+
+    def set_technician_keys(self, keys: list[TechnicianKey]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        doc = {"format": TECHNICIANS_FORMAT,
+               "keys": [{"name": k.name, "public_key": k.public_key.hex()} for k in keys]}
+        _write_atomic(self.directory / TECHNICIANS_FILE,
+                      (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), 0o644)
+
+    def erase(self) -> list[str]:
+        """Factory reset: forget the device key, recipient and technician keys (the
+        device key is overwritten before it is unlinked). Returns the files removed."""
+        removed = []
+        for name in (DEVICE_KEY_FILE, DEVICE_RECORD_FILE, AGENCY_RECIPIENT_FILE, TECHNICIANS_FILE):
+            path = self.directory / name
+            if not path.exists():
+                continue
+            if name == DEVICE_KEY_FILE:
+                size = path.stat().st_size
+                with open(path, "r+b") as f:
+                    f.write(os.urandom(size))
+                    f.flush()
+                    os.fsync(f.fileno())
+            path.unlink()
+            removed.append(name)
+        if self.directory.is_dir():
+            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        self._key, self._record = None, None
+        return removed
 
     def _load_key(self) -> Ed25519PrivateKey:
         if self._key is None:

@@ -295,11 +295,13 @@ class DirectoryTarget:
         side = self._sidecar_path(path)
         try:
             old = json.loads(side.read_text())
-        except (FileNotFoundError, ValueError):
+            if not isinstance(old, dict) or not isinstance(old.get("tags"), dict):
+                raise ValueError("not a sidecar record")  # damaged on the share: rewrite it
+        except (FileNotFoundError, ValueError, RecursionError):
             self._write_sidecar(path, key, tags, legal_hold, sha256, size)
             return
-        if legal_hold and not old.get("legal_hold"):
-            self._write_sidecar(path, key, old.get("tags", tags), True, sha256, size)
+        if legal_hold and old.get("legal_hold") is not True:  # exactly true, not just truthy
+            self._write_sidecar(path, key, old["tags"], True, sha256, size)
 
     def tags(self, key: str) -> dict[str, object] | None:
         """The sidecar record of a key (tags, legal_hold), or None (for tests/back office)."""

@@ -114,6 +114,24 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def parse_assignment(raw: bytes) -> dict[str, str]:
+    """``assignment.json`` from the evidence store → {"officer_id", "by"}; ValueError
+    (with a message) for anything else. The store is outside the camera: any bytes may
+    come back, a nesting bomb included (fuzz target `assignment`)."""
+    try:
+        doc = json.loads(raw)
+    except RecursionError:
+        raise ValueError("assignment is not JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"assignment is not JSON ({exc})") from None
+    if not isinstance(doc, dict) or "officer_id" not in doc:
+        raise ValueError("assignment is not an object with an officer_id")
+    officer = doc["officer_id"]
+    if not isinstance(officer, str) or not re.fullmatch(r"[A-Za-z0-9._ -]{1,64}", officer):
+        raise ValueError(f"officer id {repr(officer)[:80]} is not 1-64 plain characters")
+    return {"officer_id": officer, "by": str(doc.get("by", "evidence store"))}
+
+
 class SyncEngine:
     def __init__(self, *, store: StoreAccess, target: Target, state: SyncState, clock: Clock,
                  settings: SyncSettings, stop: threading.Event | None = None,
@@ -181,14 +199,9 @@ class SyncEngine:
         except FileNotFoundError:
             return
         try:
-            doc = json.loads(raw)
-            officer = doc["officer_id"]
-            if not isinstance(officer, str) or not re.fullmatch(r"[A-Za-z0-9._ -]{1,64}", officer):
-                raise ValueError(f"officer id {officer!r} is not 1-64 plain characters")
-        except (ValueError, KeyError, TypeError) as exc:
+            self.report.assignment = parse_assignment(raw)
+        except ValueError as exc:
             self.store.audit("fault", kind="assignment_invalid", message=str(exc))
-            return
-        self.report.assignment = {"officer_id": officer, "by": str(doc.get("by", "evidence store"))}
 
     def _time_check(self, probe) -> None:
         """Clock offset against the store's HTTP Date (1 s resolution), audited."""

@@ -1,0 +1,1 @@
+"""One module per fuzz target; each exposes ``check(data)`` (see fuzz/harness.py)."""
