@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean firmware reliability
 
 $(STAMP): pyproject.toml Makefile scripts/system-deps.sh
 	bash scripts/system-deps.sh
@@ -18,15 +18,30 @@ $(STAMP): pyproject.toml Makefile scripts/system-deps.sh
 
 setup: $(STAMP)
 
+# chronyd for the GPS → chrony refclock test, unpacked (not installed) from Debian.
+CHRONYD := .cache/chrony/usr/sbin/chronyd
+$(CHRONYD):
+	bash scripts/fetch-chronyd.sh .cache/chrony
+
 ## The main job: a shift on simulated hardware, then verify and export the clip.
 run: setup
 	bash scripts/demo.sh $(BIN)
 
-test: setup
-	$(BIN)/python -m pytest -q
+test: setup $(CHRONYD)
+	BWV_CHRONYD=$(CURDIR)/$(CHRONYD) $(BIN)/python -m pytest -q
+
+## A firmware bundle of this tree (wheel + default config + manifest): out/firmware/.
+## Publish it with `bwv release add` (docs/FORMAT.md, "Firmware bundle and update metadata").
+firmware: setup
+	$(BIN)/bwv bundle --out out/firmware
 
 bench: setup
 	$(BIN)/python bench/bench.py
+
+## Issue #7's fault campaigns (power cuts, I/O errors, fuzzing, 30k-segment recovery), one
+## table at the end; fails if anything was lost or /dev/fuse is missing. docs/RELIABILITY.md
+reliability: setup
+	$(BIN)/python -m hw_sim.reliability
 
 clean:
 	rm -rf out .pytest_cache

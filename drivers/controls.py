@@ -129,6 +129,15 @@ class Controls:
         else:
             device.off()
 
+    def output_level(self, name: str) -> bool:
+        """The level gpiozero reads back from output ``name``'s pin (a self-test checks
+        that a switched output really changed)."""
+        try:
+            device = self._outputs[name]
+        except KeyError:
+            raise ValueError(f"unknown output {name!r}; expected one of {OUTPUTS}") from None
+        return bool(device.value)
+
     def is_pressed(self, button: str) -> bool:
         """Current raw (not debounced) level of button "record" or "function"."""
         try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import json
 import logging
 import threading
 import uuid
@@ -50,9 +51,15 @@ from firmware.config import Config
 from firmware.feedback import Feedback
 from firmware.gestures import Gesture, GestureConfig, GestureRecognizer
 from firmware.log import event
+from firmware.storage_fault import STORAGE_ERRORS, StorageGuard, must_happen, without_store
 
 log = logging.getLogger("bwv.agent")
 SHUTDOWN_CUE_NS = 2_600_000_000  # the battery-critical cue lasts 2.3 s
+#: Store setting naming the clip being recorded ({"clip_id", "incident_id", "part"}),
+#: written before a clip opens and cleared by every deliberate end of recording; still
+#: set after an unclean stop means "resume" (see Agent._resume_after_unclean_stop).
+RECORDING_MARK = "recording"
+STORE_RETRY_NS = 5 * 10**9  # a store that failed to open is tried again this often
 T = TypeVar("T")
 
 
@@ -84,9 +91,13 @@ class StoreWorker:
     runs before ``submit`` returns, so virtual time and disk state never drift apart.
     """
 
-    def __init__(self, threaded: bool, max_pending: int = 8) -> None:
+    def __init__(self, threaded: bool, max_pending: int = 8,
+                 run: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.threaded = threaded
         self.max_pending = max_pending
+        # How an operation is run (the agent's StorageGuard: storage errors become a
+        # fault report, never an exception in the caller); plain call by default.
+        self._exec: Callable[[Callable[[], None]], None] = run or (lambda fn: fn())
         self._ops: collections.deque[tuple[Callable[[], None] | None, bool]] = collections.deque()
         self._heavy = 0
         self._running = 0
@@ -98,7 +109,7 @@ class StoreWorker:
 
     def submit(self, fn: Callable[[], None], *, heavy: bool = False) -> None:
         if not self.threaded:
-            fn()
+            self._exec(fn)
             return
         with self._cv:
             self._ops.append((fn, heavy))
@@ -127,7 +138,7 @@ class StoreWorker:
             if fn is None:
                 return
             try:
-                fn()
+                self._exec(fn)
             except Exception:  # noqa: BLE001 — the op reports its own errors; keep working
                 log.exception("store operation failed")
             finally:
@@ -151,6 +162,7 @@ class StoreWorker:
                 box["error"] = exc
             finally:
                 done.set()
+        op.without_store = True  # type: ignore[attr-defined] # always runs: the caller waits
         self.submit(op)
         done.wait()
         if "error" in box:
@@ -190,14 +202,22 @@ class Agent:
         self.platform = platform
         self.board = board
         self.frames_seen = 0  # watchdog: the capture loop is alive
+        self.keyframes_seen = 0  # update health check: the encoder makes key frames
         self._dock_raw = False
         self._dock_raw_since = 0
         self._docked = False
         self.state = State.STARTING
         self.stats = AgentStats()
         self._lock = threading.RLock()
-        self._worker = StoreWorker(threaded)
+        self._events: collections.deque[tuple[str, str, dict]] = collections.deque()
+        self.storage = StorageGuard(lambda kind, data: self._events.append(("storage", kind, data)),
+                                    available=lambda: self._store is not None, clock=clock)
+        self._worker = StoreWorker(threaded, run=self.storage.run)
         self._store: Store | None = None
+        self._store_retry_at: int | None = None  # set while the store could not be opened
+        self._recorded_since_power_on = False
+        self._fault_cue_owed = False  # a storage fault episode's cue has not played yet
+        self._platform_settings: tuple[tuple[str, str], ...] = ()
         self._clip_id: str | None = None
         self._incident: tuple[str, int, int] | None = None  # (incident id, part, part start mono)
         self._stopping_clip = False
@@ -213,7 +233,6 @@ class Agent:
         # under the lock, so those threads never wait for the agent lock (the capture
         # thread may hold it while it hands work to the store worker).
         self._faults: collections.deque[tuple[str, str | None]] = collections.deque()
-        self._events: collections.deque[tuple[str, str, dict]] = collections.deque()
         c = cfg.controls
         gcfg = GestureConfig(debounce_ms=c.debounce_ms, double_press_ms=c.double_press_ms,
                              hold_ms=c.hold_ms)
@@ -240,34 +259,30 @@ class Agent:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        """Recover the store, then start the camera and listen to the buttons."""
-        device = self.keys.device()
-        init_store(self.store_dir, device)
-        settings = StoreSettings(
+        """Recover the store, then start the camera and listen to the buttons.
+
+        A store that cannot be opened because the storage fails (EIO, ENOSPC…) does not
+        stop the camera from coming up: it comes up with the fault alarm and keeps
+        trying to open the store (a crash here would only be a crash loop)."""
+        self._store_settings = StoreSettings(
             pre_record_ns=self.cfg.buffer.pre_record_seconds * 10**9,
             max_bytes=self.cfg.buffer.max_bytes,
             nearly_full_fraction=self.cfg.buffer.nearly_full_fraction,
             frame_interval_ns=self._frame_ns,
             default_classification=self.cfg.sync.default_classification,
             marker_makes_evidential=self.cfg.sync.marker_makes_evidential)
+        self._platform_settings: tuple[tuple[str, str], ...] = ()
         # Opening runs recovery; it is done before anything is recorded, on this thread,
         # and the store is then handed over to the worker.
-        self._store = Store.open(self.store_dir, self.keys, self.clock, settings,
-                                 officer_id=self.cfg.device.officer_id)
-        store = self._store
-        rec = store.recovery
-        event(log, "store opened", store=str(self.store_dir), stream_id=store.stream_id,
-              recovery=rec.as_dict())
-        # State that survives a reboot: the officer assignment and stealth.
-        self.officer_id = store.get_setting("officer_id") or self.cfg.device.officer_id
-        store.officer_id = self.officer_id
-        self.stealth = store.get_setting("stealth") == "1"
-        self.feedback.stealth = self.stealth
-        self._audit_power_on(store)
-        self._set_overlay()
+        opened = self._open_store()
         now = self.clock.monotonic_ns()
         with self._lock:
             self.state = State.BUFFERING
+            if opened is not None:
+                self._apply_opened(opened, now, resume=False)
+            else:
+                self._set_overlay()
+                self._store_retry_at = now + STORE_RETRY_NS
             self._refresh_mode(now)
             self._check_clock(now)
         self.controls.on_record_edge = self._on_record_edge
@@ -278,27 +293,125 @@ class Agent:
             self.dock.on_change = self._on_dock_edge
             if self.dock.active:  # powered on in the dock
                 self._on_dock_edge(True)
+        if opened is not None and opened["resume"] is not None:
+            with self._lock:
+                self._resume(opened["resume"], now)
         if self.gps is not None and hasattr(self.gps, "on_fault"):
             self.gps.on_fault = lambda kind, detail="": self._events.append(("gps", kind, {"detail": str(detail)}))
         self.camera.start(self.on_packet)
         # The camera knows its sensor and encoder once started; every manifest says where
         # it was recorded. (Replacing the settings is safe: the worker only reads them.)
         info = self.camera.info
-        store.settings = dataclasses.replace(store.settings, platform=(
+        with self._lock:  # segment headers too (RawSegment.info is taken at segment close)
+            self.segmenter.info = info
+        self._platform_settings = (
             ("platform", self.platform), ("board", self.board or "unknown"),
             ("sensor", info.sensor), ("encoder", info.encoder),
-            ("firmware_version", self.firmware_version)))
+            ("firmware_version", self.firmware_version))
+        store = self._store
+        if store is not None:
+            store.settings = dataclasses.replace(store.settings, platform=self._platform_settings)
         self._mic_running = False
         self._apply_mic()
         event(log, "buffering", pre_record_s=self.cfg.buffer.pre_record_seconds,
               officer_id=self.officer_id, stealth=self.stealth)
 
-    def _audit_power_on(self, store: Store) -> None:
+    def _open_store(self) -> dict | None:
+        """Open (recover) the store and read what survives a reboot; None when the
+        storage fails (reported to the StorageGuard). Runs on the starting thread, later
+        on the store worker (retries); touches no state-machine state."""
+        store = None
+        try:
+            init_store(self.store_dir, self.keys.device())
+            store = Store.open(self.store_dir, self.keys, self.clock, self._store_settings,
+                               officer_id=self.cfg.device.officer_id)
+            # State that survives a reboot: the officer assignment and stealth.
+            officer = store.get_setting("officer_id") or self.cfg.device.officer_id
+            store.officer_id = officer
+            stealth = store.get_setting("stealth") == "1"
+            self._audit_power_on(store, officer, stealth)
+            resume = self._resume_decision(store)
+        except STORAGE_ERRORS as exc:
+            if store is not None:
+                store.abandon()  # no clean-shutdown mark: the next open recovers
+            self.storage.failed(exc)
+            return None
+        if self._platform_settings:
+            store.settings = dataclasses.replace(store.settings, platform=self._platform_settings)
+        event(log, "store opened", store=str(self.store_dir), stream_id=store.stream_id,
+              recovery=store.recovery.as_dict())
+        self._store = store
+        return {"officer_id": officer, "stealth": stealth, "resume": resume}
+
+    def _apply_opened(self, opened: dict, now: int, *, resume: bool = True) -> None:
+        """Under the lock: what the opened store says about this device."""
+        self.officer_id = opened["officer_id"]
+        self.stealth = opened["stealth"]
+        self.feedback.stealth = self.stealth
+        self._set_overlay()
+        self._store_retry_at = None
+        # (a store that opened late resumes only if the officer has not recorded since)
+        if resume and opened["resume"] is not None and self._clip_id is None \
+                and self.state is State.BUFFERING and not self._recorded_since_power_on:
+            self._resume(opened["resume"], now)
+
+    def _reopen_store(self) -> None:
+        """Worker side: try again to open a store that failed to open."""
+        if self._store is not None:
+            return
+        opened = self._open_store()
+        if opened is not None:
+            self._events.append(("storage", "store_opened", opened))
+            self.storage.succeeded()
+
+    def _resume_decision(self, store: Store) -> dict | None:
+        """Recording that a crash, watchdog reset or power cut interrupted goes on by
+        itself: a new clip in the same incident, linked to the interrupted one (its
+        manifest states the gap). A clean stop (SIGTERM, battery critical, a technician's
+        tool) or a camera powered on in its dock does not resume. Returns the interrupted
+        clip (``{}`` if the store no longer has it) or None: no resume."""
+        raw = store.get_setting(RECORDING_MARK)
+        if not raw:
+            return None
+        try:
+            mark = json.loads(raw)
+            mark = mark if isinstance(mark, dict) else {}
+        except ValueError:
+            mark = {}
+        docked = self.dock is not None and self.dock.active
+        if not store.recovery.unclean_shutdown or docked:
+            store.set_setting(RECORDING_MARK, "")
+            store.audit.append("notice", kind="recording_not_resumed", clip_id=mark.get("clip_id"),
+                               reason="docked" if docked else "the last stop was clean")
+            return None
+        return store.interrupted_clip(mark.get("clip_id"), mark.get("incident_id")) or {}
+
+    def _resume(self, interrupted: dict, now: int) -> None:
+        event(log, "resuming recording after an unclean stop", level=logging.WARNING,
+              interrupted=interrupted)
+        self._start_recording(now, reason="resumed", resume=interrupted)
+
+    def _mark_recording(self, clip_id: str, incident_id: str, part: int) -> None:
+        """Worker side, before the clip opens: "the officer wants this recorded"."""
+        self._store.set_setting(RECORDING_MARK, json.dumps(
+            {"clip_id": clip_id, "incident_id": incident_id, "part": part}, sort_keys=True))
+
+    def _clear_recording_mark(self) -> None:
+        """Worker side: recording ended on purpose (stop, dock, shutdown, storage full)."""
+        try:
+            if self._store.get_setting(RECORDING_MARK):
+                self._store.set_setting(RECORDING_MARK, "")
+            self.storage.forget("mark")
+        except STORAGE_ERRORS:
+            self.storage.retry_later("mark", lambda: self._clear_recording_mark())
+            raise
+
+    def _audit_power_on(self, store: Store, officer_id: str, stealth: bool) -> None:
         import hashlib
         import json as _json
         cfg_hash = hashlib.sha256(_json.dumps(self.cfg.values, sort_keys=True).encode()).hexdigest()
         store.audit.append("power_on", firmware_version=self.firmware_version, config_sha256=cfg_hash,
-                           officer_id=self.officer_id, stealth=self.stealth,
+                           officer_id=officer_id, stealth=stealth,
                            clock=self.clock.state().as_dict())
         last_fw, last_cfg = store.get_setting("firmware_version"), store.get_setting("config_sha256")
         if last_fw is not None and last_fw != self.firmware_version:
@@ -325,18 +438,23 @@ class Agent:
         if self._mic_running:
             self.microphone.stop()  # delivers what it captured, then closes
             self._mic_running = False
+        if self._store is not None:  # a clean stop: nothing to resume at the next start
+            self._worker.submit(self._clear_recording_mark)
         self.camera.stop()  # delivers the encoder's last packets
         with self._lock:
             self.segmenter.flush()
             if self._clip_id is not None:
                 self._close_clip(reason)
             self.state = State.STOPPED
-        store = self._store
-
         def close() -> None:
+            store = self._store
             if store:
-                store.audit.append("power_off", reason=reason)
-                store.close()
+                try:
+                    store.audit.append("power_off", reason=reason)
+                    store.close()
+                except STORAGE_ERRORS:
+                    store.abandon()  # no clean mark: the next start recovers
+                    raise
         self._worker.submit(close)
         self._worker.drain_and_stop()
         event(log, "stopped", reason=reason, **self.stats.__dict__)
@@ -344,7 +462,10 @@ class Agent:
     # ------------------------------------------------------------------- inputs
     def on_packet(self, packet: VideoPacket) -> None:
         """Video from the camera and audio from the microphone (picamera2's one call)."""
-        self.frames_seen += 1
+        if not packet.audio:  # the watchdog's "capture" loop: a stuck camera must show,
+            self.frames_seen += 1  # even while the microphone (its own thread) goes on
+            if packet.keyframe:
+                self.keyframes_seen += 1
         with self._lock:
             if self.state in (State.BUFFERING, State.RECORDING):
                 if not packet.audio or self._audio_wanted():
@@ -415,6 +536,9 @@ class Agent:
                 self._apply_fault(*self._faults.popleft())
             while self._events:
                 self._apply_event(*self._events.popleft(), now=now)
+            if self._store_retry_at is not None and now >= self._store_retry_at:
+                self._store_retry_at = now + STORE_RETRY_NS
+                self._worker.submit(without_store(lambda: self._reopen_store()))
             if self._next_reminder is not None and now >= self._next_reminder:
                 self.feedback.cue("reminder", now)
                 self._next_reminder = now + self.cfg.controls.reminder_seconds * 10**9
@@ -428,8 +552,15 @@ class Agent:
             self._check_stuck(now)
             if self._shutdown_at is not None and now >= self._shutdown_at:
                 self.shutdown_requested = "battery_critical"
-            for cue in self.alarms.due(now):
-                self.feedback.cue(cue, now)
+            if not self.feedback.cue_playing(now):  # an alarm waits for a cue to end:
+                for cue in self.alarms.due(now):  # two at once are one unreadable buzz
+                    self.feedback.cue(cue, now)
+                    self._fault_cue_owed &= cue != "fault"
+                if self._fault_cue_owed and not self.feedback.cue_playing(now):
+                    # a storage glitch that cleared before its alarm could play: the
+                    # officer still feels it once (a segment may be missing)
+                    self.feedback.cue("fault", now)
+                    self._fault_cue_owed = False
             self.feedback.poll(now)
         self._apply_mic()
 
@@ -505,6 +636,17 @@ class Agent:
                 self._store.set_setting("officer_id", officer_id)
                 self._store.audit.append("assignment", officer_id=officer_id, by=by)
             self._worker.submit(op)
+
+    def store_call(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` on the store worker and return its result: other threads
+        (the technician console) never touch the store themselves."""
+        return self._worker.call(lambda: fn(self._store))
+
+    def hardware_call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` under the agent lock, so a console self-test switching outputs
+        cannot interleave with the LED patterns the state machine drives."""
+        with self._lock:
+            return fn()
 
     def _gps_fix(self, now: int) -> dict | None:
         if self.gps is None:
@@ -600,6 +742,9 @@ class Agent:
 
     def _apply_event(self, source: str, kind: str, data: dict, *, now: int) -> None:
         """Faults other threads reported (GPS port lost/back), applied under the lock."""
+        if source == "storage":
+            self._apply_storage_event(kind, data, now)
+            return
         if kind == "nearly_full":  # already audited by the store worker
             self.alarms.set("store_nearly_full", True, now)
             return
@@ -618,6 +763,28 @@ class Agent:
             self._set_fault_source(source, True, now)
         elif kind.endswith("back"):
             self._set_fault_source(source, False, now)
+
+    def _apply_storage_event(self, kind: str, data: dict, now: int) -> None:
+        """The StorageGuard's reports: the fault alarm on at the first storage error of
+        an episode, off when a segment is stored again (docs/RELIABILITY.md)."""
+        if kind == "store_opened":  # its storage_ok follows
+            self._apply_opened(data, now)
+            return
+        failing = kind == "storage_error"
+        if not self._set_fault_source("storage", failing, now):
+            return
+        if failing:
+            self.stats.faults += 1
+            self._fault_cue_owed = True
+            self._worker.submit(lambda: self._store.audit.append("fault", kind="storage_io", **data))
+        else:
+            self._worker.submit(lambda: self._store.audit.append(
+                "notice", kind="storage_recovered", **data))
+
+    @property
+    def storage_fault(self) -> bool:
+        """True while storage errors are unresolved (the fault alarm is on for them)."""
+        return "storage" in self._fault_sources or self._store is None
 
     def _refresh_mode(self, now: int) -> None:
         if self.state is State.DOCKED:
@@ -645,6 +812,7 @@ class Agent:
             if self._clip_id is not None:
                 self._stopping_clip = False
                 self._stop_request_utc = self.clock.utc_ns()
+                self._worker.submit(must_happen("mark", lambda: self._clear_recording_mark()))
                 self.segmenter.flush()  # the partial segment starts on a key frame: it is kept
                 self._close_clip("docked")
                 self._end_recording_feedback()
@@ -658,7 +826,7 @@ class Agent:
             self._worker.submit(lambda: self._store.audit.append("undock"))
         self._refresh_mode(now)
         event(log, "docked" if docked else "undocked")
-        if self.on_dock:
+        if self.on_dock and (self._store is not None or not docked):  # no store: no sync
             self.on_dock(docked)
 
     def sync_indication(self, status: str) -> None:
@@ -685,7 +853,10 @@ class Agent:
     def _new_clip_id(self) -> str:
         return f"{self.keys.device().device_id}-{uuid.uuid4().hex[:12]}"
 
-    def _start_recording(self, now: int, reason: str = "record_button") -> None:
+    def _start_recording(self, now: int, reason: str = "record_button", *,
+                         resume: dict | None = None) -> None:
+        """``resume`` (after an unclean stop): the interrupted clip's
+        ``{"clip_id", "incident_id", "part"}`` (empty when the store no longer has it)."""
         if self.fault is not None and "store full" in self.fault:
             # Known full: refuse at once, loudly (the store would refuse it too).
             self.feedback.cue("fault", now)
@@ -695,8 +866,12 @@ class Agent:
             return
         clip_id = self._new_clip_id()
         utc = self.clock.utc_ns()
+        self._recorded_since_power_on = True
+        previous = resume.get("clip_id") if resume else None
+        incident = resume.get("incident_id", clip_id) if resume else clip_id
+        part = resume.get("part", 0) + 1 if resume else 1
         self._clip_id = clip_id
-        self._incident = (clip_id, 1, now)
+        self._incident = (incident, part, now)
         self.state = State.RECORDING
         self.muted = False
         self._refresh_mode(now)
@@ -708,13 +883,20 @@ class Agent:
 
         def op() -> None:
             try:
+                self._mark_recording(clip_id, incident, part)
                 self._store.open_clip(press_mono_ns=now, started_utc_ns=utc, clip_id=clip_id,
-                                      start_reason=reason, incident_id=clip_id)
+                                      start_reason=reason, incident_id=incident, part=part,
+                                      previous_clip=previous, resumed_from=previous,
+                                      pre_record=resume is None)
             except StoreFull as exc:
+                self._clear_recording_mark()
                 self._faults.append((str(exc), clip_id))
                 self._store.audit.append("fault", kind="storage_full", message=str(exc),
                                          refused_clip=clip_id)
-        self._worker.submit(op)
+            except STORAGE_ERRORS:
+                self.storage.retry_later(f"open:{clip_id}", op)  # the officer asked for it
+                raise
+        self._worker.submit(must_happen(f"open:{clip_id}", op))
 
     def _end_recording_feedback(self) -> None:
         self._next_reminder = None
@@ -728,6 +910,7 @@ class Agent:
         # clip; the manifest is written right after it (see _on_segment).
         self._stopping_clip = True
         self._stop_request_utc = self.clock.utc_ns()
+        self._worker.submit(must_happen("mark", lambda: self._clear_recording_mark()))
         self.state = State.BUFFERING
         self._end_recording_feedback()
         self._refresh_mode(now)
@@ -739,11 +922,19 @@ class Agent:
         self._clip_id, self._stopping_clip, self._stop_request_utc = None, False, None
 
         def op() -> None:
-            if self._store.clip_is_open(clip_id):
-                self._store.close_clip(clip_id, stop_reason=reason, stopped_utc_ns=stopped)
-                self.stats.clips_closed += 1
-                event(log, "clip closed", clip_id=clip_id, reason=reason)
-        self._worker.submit(op)
+            try:
+                if f"open:{clip_id}" in self.storage.pending():
+                    # its opening waits for the storage: close it right after that
+                    self.storage.retry_later(f"close:{clip_id}", op)
+                    return
+                if self._store.clip_is_open(clip_id):
+                    self._store.close_clip(clip_id, stop_reason=reason, stopped_utc_ns=stopped)
+                    self.stats.clips_closed += 1
+                    event(log, "clip closed", clip_id=clip_id, reason=reason)
+            except STORAGE_ERRORS:
+                self.storage.retry_later(f"close:{clip_id}", op)
+                raise
+        self._worker.submit(must_happen(f"close:{clip_id}", op))
 
     def _split(self, now: int) -> None:
         """Close this part at a segment boundary and continue the incident in a new clip:
@@ -760,27 +951,40 @@ class Agent:
 
         def op() -> None:
             try:
+                self._mark_recording(clip_id, incident, part + 1)
                 self._store.open_clip(press_mono_ns=now, started_utc_ns=utc, clip_id=clip_id,
                                       start_reason="split", incident_id=incident, part=part + 1,
                                       previous_clip=previous, pre_record=False)
             except StoreFull as exc:
+                self._clear_recording_mark()
                 self._faults.append((str(exc), clip_id))
-        self._worker.submit(op)
+            except STORAGE_ERRORS:
+                self.storage.retry_later(f"open:{clip_id}", op)
+                raise
+        self._worker.submit(must_happen(f"open:{clip_id}", op))
 
     def _on_segment(self, raw: RawSegment) -> None:
         """Called by the segmenter (under the lock) with each finished segment."""
         clip_id = self._clip_id
         gps = self._gps_fix(raw.end_mono_ns) if self.gps is not None else None
 
+        @without_store
         def op() -> None:
+            if self._store is None:  # the storage failed before the store could open
+                self.stats.segments_dropped += 1
+                return
             # A clip the store closed for lack of room takes no more segments; they go
             # to the ring (which may itself be full: then they are dropped, alarmed).
             target = clip_id if clip_id and self._store.clip_is_open(clip_id) else None
             try:
                 ack = self._store.append(raw, clip_id=target, gps=gps)
+            except STORAGE_ERRORS:
+                self.stats.segments_dropped += 1  # lost: the clip's manifest states the gap
+                raise
             except StoreFull as exc:
                 self.stats.segments_dropped += 1
                 if target is not None:
+                    self._clear_recording_mark()
                     self._store.close_clip(target, stop_reason="storage_full",
                                            stopped_utc_ns=raw.start_utc_ns)
                     self.stats.clips_closed += 1
@@ -790,6 +994,7 @@ class Agent:
                 self._faults.append((str(exc), clip_id))
                 return
             self.stats.segments_acked += 1
+            self.storage.succeeded()  # ends a storage fault episode, if one was on
             if not self._nearly_full_raised and self._store.nearly_full():
                 self._nearly_full_raised = True
                 self._store.audit.append("alarm", kind="storage_nearly_full",

@@ -37,12 +37,15 @@ def _progress(label: str):
 
     def show(done: float, total: float) -> None:
         pct = int(100.0 * done / total) if total else 100
+        # Whole units, unless the total is small (a 0.3 MB archive is "0.3/0.3", not "0/0").
+        fmt = ".0f" if total >= 10 else ".1f"
         if tty:
             end = "\n" if done >= total else ""
-            print(f"\r{label}: {done:.0f}/{total:.0f} ({pct:3d}%)", end=end, file=sys.stderr, flush=True)
+            print(f"\r{label}: {done:{fmt}}/{total:{fmt}} ({pct:3d}%)", end=end, file=sys.stderr,
+                  flush=True)
         elif pct // 25 != last[0] // 25 or done >= total:  # logs and pipes: a line per quarter
             last[0] = pct
-            print(f"{label}: {done:.0f}/{total:.0f} ({pct}%)", file=sys.stderr, flush=True)
+            print(f"{label}: {done:{fmt}}/{total:{fmt}} ({pct}%)", file=sys.stderr, flush=True)
     return show
 
 
@@ -75,9 +78,15 @@ def cmd_sim(args) -> int:
     except runner.ScenarioError as exc:
         raise CliError(str(exc)) from None
     speed = None if args.speed == 0 else args.speed
-    res = runner.run(cfg, Path(args.workdir), scenario, speed=speed, threaded=args.threaded,
+    on_start = None
+    if args.console_pty:  # the technician console on a pty cable (firmware/console_server.py)
+        from firmware.console_server import sim_console
+        on_start = sim_console(cfg, Path(args.workdir))
+    res = runner.run(cfg, Path(args.workdir), scenario, speed=speed,
+                     threaded=args.threaded or args.console_pty,
                      ack_log=Path(args.ack_log) if args.ack_log else None,
-                     progress=None if args.quiet else _progress("simulated shift (s)"))
+                     progress=None if args.quiet else _progress("simulated shift (s)"),
+                     on_start=on_start)
     print(json.dumps({"store": str(res.store_dir), "identity": str(res.identity),
                       "frames": res.frames, "segments_acknowledged": len(res.acks),
                       "clips": res.clip_ids}))
@@ -257,6 +266,19 @@ def cmd_run(args) -> int:
                max_seconds=args.max_seconds)
 
 
+def cmd_bench(args) -> int:
+    """The figures docs/HARDWARE.md asks for, measured here (firmware/bench_cmd.py)."""
+    from firmware import bench_cmd
+    cfg = config_mod.load(Path(args.config) if args.config else None)
+    setup_logging("warning")
+    try:
+        return bench_cmd.main(cfg, platform=args.platform or cfg.device.platform,
+                              seconds=args.seconds, as_json=args.json, keep=args.keep,
+                              tmp=args.tmp, say=lambda s: print(s, file=sys.stderr, flush=True))
+    except bench_cmd.BenchError as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_log(args) -> int:
     """The audit log for a technician: every record, its chain and signature checked."""
     from buffer.audit import read_events, verify_audit
@@ -298,6 +320,9 @@ def cmd_config(args) -> int:
     if args.defaults:
         print(config_mod.defaults_markdown())
         return 0
+    if args.defaults_toml:
+        print(config_mod.defaults_toml(), end="")
+        return 0
     cfg = config_mod.load(Path(args.check))
     print(f"{cfg.source}: OK")
     return 0
@@ -323,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     kd.add_argument("--recipient", default="", help="agency age recipient (age1…)")
     kd.add_argument("--recipient-file", default="")
     kd.set_defaults(fn=cmd_keys_device)
+    from firmware.technician_cli import add_keys_parser  # bwv keys technician
+    add_keys_parser(keys)
 
     s = sub.add_parser("sim", help="run the camera on simulated hardware")
     s.add_argument("--config")
@@ -333,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threaded", action="store_true", help="seal on a worker thread, as on the Pi")
     s.add_argument("--ack-log", help="append each acknowledged segment as a JSON line")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--console-pty", action="store_true",
+                   help="serve the technician console on a pty; its end is WORKDIR/console (use --speed 1)")
     s.set_defaults(fn=cmd_sim)
 
     v = sub.add_parser("verify", help="verify a clip or a whole store (no secret key needed)")
@@ -396,6 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--max-seconds", type=float, help="stop cleanly after this long (tests)")
     rn.set_defaults(fn=cmd_run)
 
+    bn = sub.add_parser("bench", help="measure this device: real-time factor, overlay, CPU, "
+                        "RSS, sealing, button latency (throwaway store)")
+    bn.add_argument("--config")
+    bn.add_argument("--platform", choices=("sim", "pi", "auto"),
+                    help="override device.platform from the config")
+    bn.add_argument("--seconds", type=float, default=20.0,
+                    help="run length: half buffering, half recording (default 20)")
+    bn.add_argument("--json", action="store_true", help="one JSON object")
+    bn.add_argument("--tmp", help="directory for the throwaway store (default: the temp dir)")
+    bn.add_argument("--keep", action="store_true", help="keep the throwaway store")
+    bn.set_defaults(fn=cmd_bench)
+
     lg = sub.add_parser("log", help="print the audit log (verified) for a technician")
     lg.add_argument("--config")
     lg.add_argument("--store")
@@ -415,7 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = c.add_mutually_exclusive_group(required=True)
     g.add_argument("--defaults", action="store_true")
     g.add_argument("--check", metavar="FILE")
+    g.add_argument("--defaults-toml", action="store_true", help="every key at its default, as TOML")
     c.set_defaults(fn=cmd_config)
+
+    from firmware.release_cli import add_parsers as add_release_parsers  # bwv bundle, bwv release
+    add_release_parsers(sub)
+    from firmware.update_cli import add_parser as add_update_parser  # bwv update (A/B slots)
+    add_update_parser(sub)
+    from firmware.technician_cli import add_parsers as add_technician_parsers  # provision, console
+    add_technician_parsers(sub)
     return p
 
 
@@ -435,4 +484,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m firmware.cli` (the systemd unit, tests): run the module the command
+    # modules import, not this copy named __main__, so the CliError they raise
+    # (technician_cli) is the class main() catches: one line on stderr, exit 2.
+    from firmware.cli import main as _canonical_main
+    sys.exit(_canonical_main())

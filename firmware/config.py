@@ -7,6 +7,8 @@ a typo in ``pre_record_seconds`` would record the wrong evidence window.
 """
 from __future__ import annotations
 
+import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "enabled": Key(bool, True, "record an audio track (AAC) with the video"),
         "in_pre_record": Key(bool, False, "keep audio in the pre-record window too"),
         "sample_rate": Key(int, 48000, "microphone sample rate, Hz", 8000, 48000),
+        "device": Key(str, "default", "Pi: ALSA capture device of the microphone (`arecord -L`, "
+                      "e.g. plughw:CARD=Device,DEV=0)"),
     },
     "power": {
         "low_percent": Key(int, 10, "battery-low alarm at or below this charge, %", 1, 50),
@@ -90,6 +94,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "log_recording_s": Key(int, 10, "position into the audit log every N s while recording", 1, 3600),
         "log_buffering_s": Key(int, 900, "position into the audit log every N s while buffering", 10, 86400),
         "alarm_on_loss": Key(bool, False, "indicate a lost fix to the officer"),
+        "pps_pin": Key(int, 18, "Pi: BCM pin of the receiver's PPS output (0 = not wired); "
+                       "install-pi adds the pps-gpio overlay and chrony's PPS refclock", 0, 27),
+        "chrony_socket": Key(str, "/run/chrony.bwv-nmea.sock", "Pi: chrony SOCK refclock the "
+                             "NMEA time is fed to (empty = do not feed chrony)", allow_empty=True),
+        "nmea_offset_ms": Key(int, 0, "Pi: chrony `offset` of the NMEA refclock (the receiver's "
+                              "sentence delay, measured against PPS)", -900, 900),
     },
     "alarms": {
         "repeat_seconds": Key(int, 60, "an active alarm repeats its pattern every N s", 5, 3600),
@@ -120,6 +130,25 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "retention_days": Key(int, 30, "lifecycle expiry of non-evidential objects (store init)", 1, 36500),
         "max_attempts": Key(int, 5, "tries per request before a round is interrupted", 1, 20),
         "rounds": Key(int, 5, "sync rounds while docked before giving up until the next dock", 1, 100),
+    },
+    "update": {
+        "slots_dir": Key(str, "/opt/bwv/firmware", "A/B firmware slots (slots/a, slots/b, current, boot.json)"),
+        "min_battery_percent": Key(int, 50, "install an update only at or above this charge, %", 0, 100),
+        "source": Key(str, "", "where docked updates come from: a dock share directory or an "
+                      "http(s) URL of a bwv release repository; empty = no dock updates",
+                      allow_empty=True),
+        "metadata_dir": Key(str, "/var/lib/bwv/update/metadata", "TUF metadata this device "
+                            "trusts (downloads go to the sibling downloads/)"),
+        "max_boot_attempts": Key(int, 3, "starts a new slot gets to pass its health check "
+                                 "before the previous slot is restored", 1, 10),
+        "health_timeout_seconds": Key(int, 60, "a start whose health check has not passed "
+                                      "after this long counts as failed", 5, 600),
+    },
+    "console": {
+        "enabled": Key(bool, True, "run the technician console (bwv run; a pty on the sim platform)"),
+        "port": Key(str, "/dev/ttyGS0", "serial port of the console (the USB CDC-ACM gadget)"),
+        "baud": Key(int, 115200, "line speed (ignored by USB CDC-ACM and ptys)", 1200, 4_000_000),
+        "session_timeout_s": Key(int, 300, "a console session idle this long is closed", 10, 86400),
     },
     "log": {
         "level": Key(str, "info", "debug | info | warning | error",
@@ -162,6 +191,10 @@ def _check(section: str, key: str, spec: Key, value: Any) -> Any:
         value = float(value)
     if (isinstance(value, bool) != (spec.type is bool)) or not isinstance(value, spec.type):
         raise ConfigError(f"{name}: expected {spec.type.__name__}, got {type(value).__name__} ({value!r})")
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
+        raise ConfigError(f"{name}: {value} is not a finite number")
+    if isinstance(value, str) and "\x00" in value:
+        raise ConfigError(f"{name}: contains a NUL character")
     if spec.min is not None and value < spec.min:
         raise ConfigError(f"{name}: {value} is below the minimum {spec.min:g}")
     if spec.max is not None and value > spec.max:
@@ -201,6 +234,10 @@ def validate(raw: dict[str, Any], source: str = "<defaults>") -> Config:
                            "buzzer", "trigger_pin")] + [values["dock"]["pin"]]
     if len(set(pins)) != len(pins):
         raise ConfigError("controls: two functions share one pin")
+    if values["gps"]["pps_pin"] and values["gps"]["pps_pin"] in pins:  # 0 = not wired
+        raise ConfigError(f"gps.pps_pin: GPIO{values['gps']['pps_pin']} is already used by a control")
+    if values["gps"]["chrony_socket"] and not values["gps"]["chrony_socket"].startswith("/"):
+        raise ConfigError("gps.chrony_socket: must be an absolute path (or empty)")
     pw = values["power"]
     if pw["critical_percent"] >= pw["low_percent"]:
         raise ConfigError("power.critical_percent: must be below power.low_percent")
@@ -210,10 +247,44 @@ def validate(raw: dict[str, Any], source: str = "<defaults>") -> Config:
     return Config(values, source)
 
 
+#: This device's evidence-store settings, written by `bwv provision` into the keys
+#: directory; laid over the configuration file's ``[sync]`` (firmware/provision.py).
+PROVISIONING_FILE = "provisioning.toml"
+
+
+def _provisioned_overlay(raw: dict) -> tuple[dict, str | None]:
+    device = raw.get("device", {}) if isinstance(raw.get("device", {}), dict) else {}
+    path = Path(str(device.get("keys_dir", SCHEMA["device"]["keys_dir"].default))) / PROVISIONING_FILE
+    if "\x00" in str(path):
+        raise ConfigError("device.keys_dir: contains a NUL character")
+    try:
+        st = path.stat()
+        over = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return raw, None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: TOML, UTF-8, a NUL in the path
+        raise ConfigError(f"{path}: not readable TOML ({exc or type(exc).__name__})") from None
+    if st.st_mode & 0o022:
+        raise ConfigError(f"{path}: writable by group/others; refusing settings that say where "
+                          "evidence goes — chmod 644")
+    if set(over) - {"sync"} or not isinstance(over.get("sync", {}), dict):
+        raise ConfigError(f"{path}: only a [sync] table may be provisioned")
+    merged = dict(raw)
+    if not isinstance(raw.get("sync", {}), dict):
+        raise ConfigError("sync: must be a table")
+    merged["sync"] = {**(raw.get("sync") or {}), **over.get("sync", {})}
+    return merged, str(path)
+
+
 def load(path: Path | None) -> Config:
-    """Read and validate; ``None`` means all defaults."""
+    """Read and validate; ``None`` means all defaults. A provisioned ``[sync]`` overlay
+    (``<keys_dir>/provisioning.toml``) wins over the file's."""
     if path is None:
-        return validate({})
+        raw, over = _provisioned_overlay({})
+        try:
+            return validate(raw, f"<defaults> + {over}" if over else "<defaults>")
+        except ConfigError as exc:
+            raise ConfigError(f"{over}: {exc}") from None
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -221,10 +292,14 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"config file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses per nested array/table (fuzz target `config`)
+        raise ConfigError(f"{path}: not valid TOML (arrays or tables nested too deeply)") from None
+    raw, over = _provisioned_overlay(raw)
+    source = f"{path} + {over}" if over else str(path)
     try:
-        return validate(raw, str(path))
+        return validate(raw, source)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def defaults_markdown() -> str:
@@ -241,3 +316,24 @@ def defaults_markdown() -> str:
                 rng = " \\| ".join(spec.choices)
             lines.append(f"| `{section}.{key}` | `{default}` | {rng} | {doc} |")
     return "\n".join(lines)
+
+
+def defaults_toml() -> str:
+    """Every key at its default as a TOML file, each with its meaning as a comment: the
+    default configuration a firmware bundle ships (``config/default.toml``). It is
+    checked by parsing and validating it again, so it can never drift from SCHEMA."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)  # a JSON string is a valid TOML basic string
+        return repr(v)
+    lines = ["# bwv default configuration (generated from firmware/config.py SCHEMA)"]
+    for section, keys in SCHEMA.items():
+        lines += ["", f"[{section}]"]
+        for key, spec in keys.items():
+            lines.append(f"# {spec.doc}")
+            lines.append(f"{key} = {value(spec.default)}")
+    text = "\n".join(lines) + "\n"
+    validate(tomllib.loads(text), "<defaults_toml>")
+    return text

@@ -201,6 +201,10 @@ class Feedback:
                 self._set_output(name, level)
                 self._levels[name] = level
 
+    def cue_playing(self, now_ns: int) -> bool:
+        """Whether a one-shot cue is still playing at ``now_ns``."""
+        return any(not p.ended(now_ns - t0) for p, t0 in self._playing)
+
     def next_change_ns(self, now_ns: int) -> int | None:
         """The next instant after ``now_ns`` at which some output may change, if any."""
         candidates: list[int] = []

@@ -26,6 +26,7 @@ log = logging.getLogger("bwv.main")
 
 EXIT_OK = 0
 EXIT_POWER_OFF = 3  # a clean stop that asks the unit to power the device off
+EXIT_RESTART = 75  # a clean stop to start again (a new firmware slot): Restart=on-failure
 
 
 class _Stop:
@@ -58,7 +59,13 @@ def run(cfg: Config, *, platform: str, workdir: Path | None = None,
     return _run_pi(cfg, info, watchdog, stop, max_seconds)
 
 
-def _tick_loop(agent, watchdog, stop: _Stop, max_seconds: float | None, advance) -> str:
+def _exit_status(reason: str) -> int:
+    return {"battery_critical": EXIT_POWER_OFF, "update_restart": EXIT_RESTART,
+            "reprovision": EXIT_RESTART}.get(reason, EXIT_OK)
+
+
+def _tick_loop(agent, watchdog, stop: _Stop, max_seconds: float | None, advance,
+               trial=None) -> str:
     """The ticker: poll, feed the watchdog from real progress, stop on request."""
     started = time.monotonic()
     last_frames, last_acks = agent.frames_seen, agent.stats.segments_acked
@@ -68,10 +75,15 @@ def _tick_loop(agent, watchdog, stop: _Stop, max_seconds: float | None, advance)
         if agent.frames_seen != last_frames:
             last_frames = agent.frames_seen
             watchdog.progress("capture")
-        if agent.stats.segments_acked != last_acks or agent.state.value == "docked":
+        # A storage fault the agent knows of (I/O errors: alarmed, retried) is no stuck
+        # loop; a restart would only make it a restart loop with the camera dark.
+        if agent.stats.segments_acked != last_acks or agent.state.value == "docked" \
+                or getattr(agent, "storage_fault", False):
             last_acks = agent.stats.segments_acked
             watchdog.progress("storage")
         watchdog.tick()
+        if trial is not None:
+            trial.poll(agent, watchdog)  # update boot trial: audit, health check, commit
         if agent.shutdown_requested:
             return agent.shutdown_requested
         if max_seconds is not None and time.monotonic() - started >= max_seconds:
@@ -81,52 +93,55 @@ def _tick_loop(agent, watchdog, stop: _Stop, max_seconds: float | None, advance)
 
 def _run_sim(cfg: Config, watchdog, stop: _Stop, workdir: Path, max_seconds) -> int:
     from hw_sim.runner import Rig
+    from firmware.updating import start_updates
+    from firmware.console_server import start_console
+    from firmware.provision import apply_at_start
+    from drivers.clock import SystemClock
+    apply_at_start(workdir / "keys", workdir / "store", cfg, SystemClock())  # a console provisioning
     rig = Rig(cfg, workdir, speed=1.0, threaded=True, gps=cfg.gps.enabled)
+    trial = start_updates(cfg, agent=rig.agent, clock=rig.clock, sync=rig.sync, threaded=True)
     rig.start()
+    console = start_console(cfg, rig.agent, sim_link_dir=workdir)  # technician end: WORKDIR/console
+    trial.console_port = console.server.port if console is not None else None  # health check
     reason = "shutdown"
     try:
-        reason = _tick_loop(rig.agent, watchdog, stop, max_seconds, lambda: rig.advance(0.01))
+        reason = _tick_loop(rig.agent, watchdog, stop, max_seconds, lambda: rig.advance(0.01), trial)
     finally:
+        if console is not None:
+            console.close()
+        trial.close()
         watchdog.stopping()
         rig.agent.shutdown_requested = rig.agent.shutdown_requested or reason
         rig.close()
         event(log, "stopped", reason=reason)
-    return EXIT_POWER_OFF if reason == "battery_critical" else EXIT_OK
+        if reason == "reprovision":
+            apply_at_start(workdir / "keys", workdir / "store", cfg, rig.clock)
+    return _exit_status(reason)
 
 
 def _run_pi(cfg: Config, info, watchdog, stop: _Stop, max_seconds) -> int:  # pragma: no cover - needs a Pi
-    from gpiozero.pins.lgpio import LGPIOFactory
-
-    from drivers.controls import ControlPins, Controls
-    from drivers.gps import GpsReader
-    from drivers.inputs import DockSense, TriggerInput
-    from drivers.keystore import FileKeyStore
-    from drivers.max17048 import MAX17048
-    from drivers.pi_camera import PiCamera
-    from drivers.pi_clock import ChronyClock
+    from firmware import pi_rig
     from firmware.agent import Agent
     from firmware.syncing import SyncRunner
-    clock = ChronyClock()
-    factory = LGPIOFactory()
-    c = cfg.controls
-    pins = ControlPins(record_button=c.record_button, function_button=c.function_button,
-                       green_led=c.green_led, red_led=c.red_led, haptic=c.haptic, buzzer=c.buzzer)
-    controls = Controls(pins, pin_factory=factory)
-    dock = DockSense(cfg.dock.pin, pin_factory=factory)
-    trigger = TriggerInput(c.trigger_pin, pin_factory=factory)
-    keys = FileKeyStore(Path(cfg.device.keys_dir))
-    cam = cfg.camera
-    camera = PiCamera(clock, width=cam.width, height=cam.height, fps=cam.fps, bitrate=cam.bitrate,
-                      segment_seconds=cam.segment_seconds, serial=keys.device().device_id)
-    gps = GpsReader(cfg.gps.port, clock=clock, baudrate=cfg.gps.baudrate).start() \
-        if cfg.gps.enabled else None
-    battery = MAX17048(charging=lambda: dock.active)
+    # The Pi's drivers (lgpio pins, picamera2 camera + microphone, GPS + chrony feed,
+    # MAX17048 on I2C-1, chrony clock) from the config: firmware/pi_rig.py.
+    from drivers.pi_clock import ChronyClock
+    from firmware.provision import apply_at_start
+    apply_at_start(Path(cfg.device.keys_dir), Path(cfg.device.store_dir), cfg, ChronyClock())
+    dev = pi_rig.build(cfg)
+    clock = dev.clock
     runner: list[SyncRunner] = []
-    agent = Agent(cfg, clock=clock, camera=camera, controls=controls, keys=keys, threaded=True,
-                  dock=dock, on_dock=lambda d: runner[0].on_dock(d), trigger=trigger, gps=gps,
-                  battery=battery, platform="pi", board=info.board_model)
+    agent = Agent(cfg, clock=clock, camera=dev.camera, controls=dev.controls, keys=dev.keys,
+                  threaded=True, dock=dev.dock, on_dock=lambda d: runner[0].on_dock(d),
+                  trigger=dev.trigger, microphone=dev.microphone, gps=dev.gps,
+                  battery=dev.battery, platform="pi", board=info.board_model)
     runner.append(SyncRunner(cfg, agent=agent, clock=clock, threaded=True))
+    from firmware.updating import start_updates
+    trial = start_updates(cfg, agent=agent, clock=clock, sync=runner[0], threaded=True)
     agent.start()
+    from firmware.console_server import start_console
+    console = start_console(cfg, agent)  # the USB gadget's serial port (console.port)
+    trial.console_port = console.server.port if console is not None else None  # health check
     reason = "shutdown"
 
     def advance() -> None:
@@ -134,15 +149,18 @@ def _run_pi(cfg: Config, info, watchdog, stop: _Stop, max_seconds) -> int:  # pr
         wait = 0.01 if due is None else min(0.01, max(0.0, (due - clock.monotonic_ns()) / 1e9))
         stop.event.wait(wait)
         agent.poll()
+        dev.poll()  # new GPS times to chrony
     try:
-        reason = _tick_loop(agent, watchdog, stop, max_seconds, advance)
+        reason = _tick_loop(agent, watchdog, stop, max_seconds, advance, trial)
     finally:
+        if console is not None:
+            console.close()
+        trial.close()
         watchdog.stopping()
         runner[0].close()
         agent.stop(reason)
-        for dev in (dock, trigger, controls):
-            dev.close()
-        if gps is not None:
-            gps.stop()
-    return EXIT_POWER_OFF if reason == "battery_critical" else EXIT_OK
+        if reason == "reprovision":
+            apply_at_start(Path(cfg.device.keys_dir), Path(cfg.device.store_dir), cfg, clock)
+        dev.close()
+    return _exit_status(reason)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Callable
 
 from drivers.clock import Clock
 from firmware.config import Config
@@ -58,6 +59,9 @@ class SyncRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.reports: list[SyncReport] = []
+        # Called with each finished sync's report (firmware.updating: a docked, idle camera
+        # whose evidence is off may update now). On the sync thread; inline in the simulator.
+        self.after_sync: Callable[[SyncReport], None] | None = None
 
     def on_dock(self, docked: bool) -> None:
         if not docked:
@@ -101,6 +105,11 @@ class SyncRunner:
                   failures=report.failures, message=report.message)
         finally:
             state.close()
+        if self.after_sync is not None and not self._stop.is_set():
+            try:
+                self.after_sync(report)
+            except Exception:  # noqa: BLE001 — an update problem must not end the dock session
+                log.exception("after-sync hook failed")
 
     def close(self) -> None:
         self._stop.set()

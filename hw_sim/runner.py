@@ -318,14 +318,18 @@ class Rig:
 def run(cfg: Config, workdir: Path, scenario: Scenario, *, speed: float | None = None,
         threaded: bool = False, ack_log: Path | None = None,
         progress: Callable[[float, float], None] | None = None,
-        device_id: str = SIM_DEVICE_ID, utc_start_ns: int | None = None) -> SimResult:
+        device_id: str = SIM_DEVICE_ID, utc_start_ns: int | None = None,
+        on_start: Callable[[Rig], Callable[[], None] | None] | None = None) -> SimResult:
     """Run a scenario from power-on to a clean stop at ``scenario.end_s``.
 
     The simulated RTC starts at the host's UTC unless told otherwise, so a store that a
-    later run reopens keeps moving forward in wall time."""
+    later run reopens keeps moving forward in wall time. ``on_start(rig)`` runs once
+    the agent runs (e.g. starts the technician console) and may return a closer, called
+    before the agent stops."""
     rig = Rig(cfg, workdir, speed=speed, threaded=threaded, ack_log=ack_log,
               device_id=device_id, utc_start_ns=utc_start_ns, gps=cfg.gps.enabled).start()
     t0 = rig.clock.monotonic_ns()
+    closer = on_start(rig) if on_start is not None else None
     try:
         for step in sorted(scenario.steps, key=lambda s: s.at_s):
             if step.at_s > scenario.end_s:
@@ -341,5 +345,7 @@ def run(cfg: Config, workdir: Path, scenario: Scenario, *, speed: float | None =
         if progress:
             progress(scenario.end_s, scenario.end_s)
     finally:
+        if closer is not None:
+            closer()
         result = rig.close()
     return result
