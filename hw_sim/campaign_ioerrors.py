@@ -61,7 +61,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hw_sim.powercut import PowerCutDisk, PowerCutError, fuse_available
+from hw_sim.powercut import PowerCutDisk, PowerCutError, refuse_without_fuse
 
 #: The issue's four, plus the other operations the store's durable paths make (directory
 #: fsync, the link of a durable move, mkdir of a clip, unlink of an eviction).
@@ -559,14 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     ap.add_argument("--replay", help='one case, e.g. \'{"op": "fsync", "n": 17, "err": "EIO"}\'')
     args = ap.parse_args(argv)
-    reason = fuse_available()
-    if reason:
-        msg = f"I/O-error campaign cannot run: {reason}"
-        print(f"campaign_ioerrors: error: {msg}", file=sys.stderr)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"error": msg, "fault_points": 0}, indent=2) + "\n")
-        return 2
+    refused = refuse_without_fuse("I/O-error campaign", args.json, {"fault_points": 0})
+    if refused is not None:
+        return refused
     kinds = tuple(k for k in args.kinds.split(",") if k)
     errnos = tuple(e for e in args.errnos.split(",") if e)
     modes = tuple(m for m in args.modes.split(",") if m)

@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
-from hw_sim.powercut import PowerCutDisk, PowerCutError, fuse_available
+from hw_sim.powercut import PowerCutDisk, PowerCutError, refuse_without_fuse
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = "BWV-SIM-0001"
@@ -533,14 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep every case's directory")
     ap.add_argument("--replay", help="run one case from its printed spec (JSON) and print the result")
     args = ap.parse_args(argv)
-    reason = fuse_available()
-    if reason:
-        msg = f"power-cut campaign cannot run: {reason}"
-        print(f"campaign_powercut: error: {msg}", file=sys.stderr)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"error": msg, "cuts": 0}, indent=2) + "\n")
-        return 2
+    refused = refuse_without_fuse("power-cut campaign", args.json, {"cuts": 0})
+    if refused is not None:
+        return refused
     command = "python -m hw_sim.campaign_powercut " + " ".join(argv if argv is not None else sys.argv[1:])
     base = args.workdir or Path(tempfile.mkdtemp(prefix="bwv-powercut-"))
     base = base.resolve()

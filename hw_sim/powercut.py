@@ -46,6 +46,20 @@ class PowerCutUnavailable(PowerCutError):
     """This machine cannot run the power-cut disk (no /dev/fuse, no libfuse 3)."""
 
 
+def refuse_without_fuse(campaign: str, json_out, empty: dict) -> int | None:
+    """A campaign without FUSE fails loudly (exit 2) rather than passing silently; the
+    reason also goes into its JSON summary. None when FUSE is usable."""
+    reason = fuse_available()
+    if reason is None:
+        return None
+    msg = f"{campaign} cannot run: {reason}"
+    print(f"error: {msg}", file=sys.stderr)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"error": msg, **empty}, indent=2) + "\n")
+    return 2
+
+
 def fuse_available() -> str | None:
     """None when FUSE can be used here, else the reason it cannot."""
     if not FUSE_DEVICE.exists():

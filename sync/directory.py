@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from buffer.fsutil import fsync_dir, write_all_fsync
+from buffer.fsutil import fsync_dir, write_all_fsync, write_durable
 from sync.target import (ObjectConflict, ObjectStat, PermanentError, ProbeResult,
                          TargetError, TransientError)
 
@@ -175,18 +175,7 @@ class DirectoryTarget:
         try:
             if replace_corrupt and path.exists():
                 self._write_sidecar(path, key, tags, legal_hold, sha256, len(data))
-                tmp = path.parent / f".{path.name}.{os.getpid()}.replace.tmp"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-                try:
-                    write_all_fsync(fd, data)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-                dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                write_durable(path.parent, path.name, data)
                 return
             if path.exists():
                 self._same_or_conflict(key, path, len(data), sha256)
