@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sync.untrusted_tar import TAR_FAILURES, open_untrusted_tar
+
 FORMAT = "bwv-firmware-bundle/1"
 MANIFEST_NAME = "bundle.json"
 BUNDLE_SUFFIX = ".tar"
@@ -228,7 +230,7 @@ def manifest_from_dict(raw: Any) -> BundleManifest:
 def _parse_manifest_bytes(data: bytes) -> BundleManifest:
     try:
         raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer over 4300 digits
         raise BundleError(f"{MANIFEST_NAME}: not valid JSON ({exc})") from None
     except RecursionError:  # a nesting bomb (fuzz target `bundle`)
         raise BundleError(f"{MANIFEST_NAME}: not valid JSON (nested too deeply)") from None
@@ -316,10 +318,10 @@ def build_bundle(out_dir: Path, *, version: str, hardware: list[str], min_versio
 
 def _open(bundle: Path) -> tarfile.TarFile:
     try:
-        return tarfile.open(bundle, mode="r:")
+        return open_untrusted_tar(bundle)
     except FileNotFoundError:
         raise BundleError(f"{bundle}: no such bundle", "missing-file") from None
-    except (tarfile.TarError, OSError, UnicodeDecodeError) as exc:  # PAX headers: UTF-8
+    except (*TAR_FAILURES, OSError) as exc:
         raise BundleError(f"{bundle}: not an uncompressed tar ({exc})") from None
 
 
@@ -337,7 +339,7 @@ def _check_member_kind(m: tarfile.TarInfo) -> None:
 def _members(tar: tarfile.TarFile) -> Iterable[tarfile.TarInfo]:
     try:
         yield from tar
-    except (tarfile.TarError, UnicodeDecodeError) as exc:  # a PAX header that is not UTF-8
+    except TAR_FAILURES as exc:
         raise BundleError(f"tar structure is damaged ({exc})") from None
 
 
@@ -362,7 +364,9 @@ def _walk(bundle: Path, sink=None) -> BundleManifest:
     bundle = Path(bundle)
     try:
         return _walk_tar(bundle, sink)
-    except (tarfile.TarError, EOFError) as exc:  # a member's data cut short or damaged
+    except BundleError:  # a ValueError too: already names what is wrong
+        raise
+    except TAR_FAILURES as exc:  # a member's data cut short or damaged
         raise BundleError(f"{bundle}: tar structure is damaged ({exc})") from None
 
 

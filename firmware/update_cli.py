@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import sys
-import tarfile
 from pathlib import Path
 
 from firmware import config as config_mod
+from sync.untrusted_tar import TAR_FAILURES, open_untrusted_tar
 
 EXIT_ERROR = 2
 
@@ -156,11 +156,11 @@ def _kind(source: str) -> str:
     if source.startswith(("http://", "https://")) or Path(source).is_dir():
         return "repository"
     try:
-        with tarfile.open(source, "r:") as tar:
+        with open_untrusted_tar(Path(source)) as tar:
             first = tar.next()
     except FileNotFoundError:
         raise OSError(2, "no such file or directory", source) from None
-    except tarfile.TarError:
+    except TAR_FAILURES:
         return "archive"  # let the archive reader name what is wrong with it
     return "bundle" if first is not None and first.name == "bundle.json" else "archive"
 

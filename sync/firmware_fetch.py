@@ -38,7 +38,6 @@ import datetime as _dt
 import json
 import os
 import re
-import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
 from drivers.clock import CLOCK_FLOOR_UTC_NS, Clock, iso_utc
+from sync.untrusted_tar import TAR_FAILURES, open_untrusted_tar
 
 PINNED_ROOT_NAME = "update-root.json"
 ARCHIVE_FORMAT = "bwv-update-archive/1"
@@ -450,10 +450,10 @@ def unpack_archive(archive: Path, dest: Path) -> dict[str, Any]:
     ``metadata/<N>.<role>.json`` and ``targets/<name>``, each once, none over
     ``MAX_ARCHIVE_MEMBER``. Nothing here is trusted yet: TUF verifies it next."""
     try:
-        tar = tarfile.open(archive, mode="r:")
+        tar = open_untrusted_tar(archive)
     except FileNotFoundError:
         raise BadArchive(f"{archive}: no such archive") from None
-    except (tarfile.TarError, OSError) as exc:
+    except (*TAR_FAILURES, OSError) as exc:
         raise BadArchive(f"{archive}: not an uncompressed tar ({exc})") from None
     seen: set[str] = set()
     with tar:
@@ -482,13 +482,13 @@ def unpack_archive(archive: Path, dest: Path) -> dict[str, Any]:
                         copied += len(chunk)
                 if copied != m.size:
                     raise BadArchive(f"{archive}: member {m.name!r} is truncated")
-        except (tarfile.TarError, EOFError) as exc:
+        except TAR_FAILURES as exc:
             raise BadArchive(f"{archive}: damaged tar ({exc})") from None
     if ARCHIVE_INDEX not in seen:
         raise BadArchive(f"{archive}: no {ARCHIVE_INDEX} (not a bwv offline update archive)")
     try:
         index = json.loads((dest / ARCHIVE_INDEX).read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer over 4300 digits
         raise BadArchive(f"{archive}: {ARCHIVE_INDEX} is not JSON ({exc})") from None
     if not isinstance(index, dict) or index.get("format") != ARCHIVE_FORMAT:
         raise BadArchive(f"{archive}: {ARCHIVE_INDEX} format is not {ARCHIVE_FORMAT!r}")

@@ -157,6 +157,9 @@ BAD = {
                                  "length-mismatch", "bwv-0.2.0-py3-none-any.whl"),
     "manifest not first": (lambda: list(reversed(_good_members())), "missing-file", "first member"),
     "manifest not JSON": (lambda: [(reg("bundle.json"), b"{nope")], "malformed", "not valid JSON"),
+    # json.loads raises a bare ValueError for an integer over Python's 4300 digits
+    "manifest integer too long": (lambda: [(reg("bundle.json"), b'{"size": ' + b"9" * 5000 + b"}")],
+                                  "malformed", "not valid JSON"),
     "unknown manifest key": (lambda: _good_members(extra_key=1), "malformed", "extra_key"),
     "other format": (lambda: _good_members(format="bwv-firmware-bundle/9"), "malformed",
                      "bwv-firmware-bundle/9"),
