@@ -185,10 +185,20 @@ class Config:
         return validate(raw, self.source)
 
 
+def _show(value: Any) -> str:
+    """A number for an error message: a huge integer by its size, not its digits."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit number"
+    return str(value)
+
+
 def _check(section: str, key: str, spec: Key, value: Any) -> Any:
     name = f"{section}.{key}"
     if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # tomllib keeps integers of any length; a float cannot
+            raise ConfigError(f"{name}: {_show(value)} is out of range") from None
     if (isinstance(value, bool) != (spec.type is bool)) or not isinstance(value, spec.type):
         raise ConfigError(f"{name}: expected {spec.type.__name__}, got {type(value).__name__} ({value!r})")
     if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
@@ -196,9 +206,9 @@ def _check(section: str, key: str, spec: Key, value: Any) -> Any:
     if isinstance(value, str) and "\x00" in value:
         raise ConfigError(f"{name}: contains a NUL character")
     if spec.min is not None and value < spec.min:
-        raise ConfigError(f"{name}: {value} is below the minimum {spec.min:g}")
+        raise ConfigError(f"{name}: {_show(value)} is below the minimum {spec.min:g}")
     if spec.max is not None and value > spec.max:
-        raise ConfigError(f"{name}: {value} is above the maximum {spec.max:g}")
+        raise ConfigError(f"{name}: {_show(value)} is above the maximum {spec.max:g}")
     if isinstance(value, str) and not value.strip() and not spec.allow_empty:
         raise ConfigError(f"{name}: must not be empty")
     if spec.choices is not None and value not in spec.choices:
@@ -290,7 +300,7 @@ def load(path: Path | None) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # TOMLDecodeError, UTF-8, an integer over Python's 4300 digits
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except RecursionError:  # tomllib recurses per nested array/table (fuzz target `config`)
         raise ConfigError(f"{path}: not valid TOML (arrays or tables nested too deeply)") from None

@@ -91,6 +91,8 @@ def invalid_value(spec: config.Key):
             out.append(st.just(spec.type(spec.max) + 1))
         if spec.type is float:
             out.append(st.sampled_from([math.nan, math.inf, -math.inf]))
+        # tomllib keeps integers of any length: one no float can hold (found by fuzzing)
+        out.append(st.sampled_from([10 ** 400, -(10 ** 400), 2 ** 64]))
     if spec.type is str:
         out.append(st.just("a\x00b"))
         if not spec.allow_empty:
@@ -124,3 +126,19 @@ def test_unknown_keys_and_sections_are_named(write, name):
     if name not in config.SCHEMA:
         with pytest.raises(config.ConfigError, match=f"{name}: unknown section"):
             write({name: {"x": 1}})
+
+
+@pytest.mark.parametrize("section,key", [(s, k) for s, k, spec in KEYS if spec.type in (int, float)])
+def test_an_integer_too_large_for_any_number_type_is_named(write, section, key):
+    """tomllib returns integers of any length; float() of one raised OverflowError
+    out of validation (fuzz regression ``config/huge-int-for-float-key.toml``)."""
+    with pytest.raises(config.ConfigError) as err:
+        write({section: {key: 10 ** 400}})
+    assert f"{section}.{key}: a 1329-bit number is " in str(err.value), str(err.value)
+
+
+def test_an_integer_over_pythons_digit_limit_is_invalid_toml(tmp_path):
+    path = tmp_path / "bwv.toml"
+    path.write_text("[camera]\nfps = " + "9" * 5000 + "\n")
+    with pytest.raises(config.ConfigError, match="not valid TOML .*4300 digits"):
+        config.load(path)
