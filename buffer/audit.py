@@ -25,6 +25,10 @@ from drivers.clock import Clock, iso_utc
 
 AUDIT_DOMAIN = b"bwv-audit/1\n"
 GENESIS = "0" * 64
+#: The largest seq a record can hold (an SQLite/int64 counter; a device appending one
+#: record a nanosecond would take centuries). A line claiming more is damaged: a
+#: 4300-digit seq parses, but seq + 1 can no longer be written as JSON.
+MAX_SEQ = 2**63 - 1
 
 
 class AuditError(Exception):
@@ -63,9 +67,14 @@ def _seq_of(body: bytes) -> int:
     except (ValueError, RecursionError) as exc:
         raise AuditError(f"record body is not JSON ({type(exc).__name__})") from None
     seq = obj.get("seq") if isinstance(obj, dict) else None
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise AuditError(f"record seq {repr(seq)[:40]} is not a sequence number")
+    if not _is_seq(seq):
+        raise AuditError(f"record seq {repr(seq)[:40]} is not a sequence number "
+                         f"(an integer, 0 to {MAX_SEQ})")
     return seq
+
+
+def _is_seq(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQ
 
 
 class AuditLog:
@@ -205,7 +214,9 @@ def verify_audit(path: Path, verify_sig: Callable[[bytes, bytes], bool],
             problems.append(f"audit line {lineno}: ChainBroken (prev does not match line {lineno - 1})")
         if body.get("seq") != expect_seq:
             problems.append(f"audit line {lineno}: SequenceMismatch (seq {body.get('seq')}, expected {expect_seq})")
-        expect_seq = (body.get("seq") if isinstance(body.get("seq"), int) else expect_seq) + 1
+        # a seq out of range (4300 digits) is named above; counting on from it would
+        # make the next line's message unprintable
+        expect_seq = (body.get("seq") if _is_seq(body.get("seq")) else expect_seq) + 1
         prev = hashlib.sha256(line).hexdigest()
     return count, problems
 

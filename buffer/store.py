@@ -92,8 +92,12 @@ def seg_name(seq: int) -> str:
 
 
 def parse_seg_name(name: str) -> int | None:
+    """The seq a segment file name holds, or None. Only ASCII digits: ``str.isdigit``
+    also accepts "²" (which ``int`` refuses) and other scripts' digits, and a store's
+    file names are untrusted when it is verified elsewhere."""
     stem = name[: -len(SEG_SUFFIX)] if name.endswith(SEG_SUFFIX) else None
-    return int(stem) if stem is not None and stem.isdigit() and len(stem) == 12 else None
+    ok = stem is not None and len(stem) == 12 and stem.isascii() and stem.isdigit()
+    return int(stem) if ok else None
 
 
 @dataclass(frozen=True)

@@ -265,7 +265,7 @@ def verify_clip(clip_dir: Path, device: DeviceRecord | None = None,
             if streams and h.get("stream_id") not in streams:
                 verdict.fail(StreamMismatch(f"stream {h.get('stream_id')} is not one of the clip's"))
             cap = h.get("capture", {})
-            if isinstance(cap.get("start_mono_ns"), int) and isinstance(cap.get("end_mono_ns"), int):
+            if _mono_ns(cap.get("start_mono_ns")) and _mono_ns(cap.get("end_mono_ns")):
                 refs.append(ClipSegmentRef(seq, verdict.hash or "", str(h.get("stream_id")),
                                            cap["start_mono_ns"], cap["end_mono_ns"]))
         prev_hash = want_hash
@@ -290,6 +290,13 @@ def verify_clip(clip_dir: Path, device: DeviceRecord | None = None,
             report.gaps.append({"after_seq": (s.seq or 0) - 1, "before_seq": (s.seq or 0) + 1,
                                 "reason": "segment_missing", "duration_ns": None})
     return report
+
+
+def _mono_ns(value: object) -> bool:
+    """A monotonic time a gap can be computed from: a non-negative int64. A forged
+    header may hold a 4300-digit integer (JSON allows it); the gap between two of them
+    has more digits than Python will print, and the report must still serialise."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def _listed_segments(segments: list) -> list[tuple[int, str]]:

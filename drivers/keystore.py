@@ -29,8 +29,8 @@ AGENCY_RECIPIENT_FILE = "agency.recipient"  # one line: age1...
 TECHNICIANS_FILE = "technicians.json"  # console keys: {"format", "keys": [{"name", "public_key"}]}
 TECHNICIANS_FORMAT = "bwv-technicians/1"
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}\Z")
 
 
 class KeyStoreError(Exception):

@@ -154,6 +154,11 @@ def _check_rel_path(path: Any, where: str) -> str:
     if len(path) > 255:
         raise BundleError(f"{where}: path {path[:40]!r}… is longer than 255 characters",
                           "unsafe-member")
+    # a file system's limit is 255 *bytes* a name: 128 "é" are 256 (ENAMETOOLONG in a slot)
+    long_part = next((p for p in parts if len(p.encode("utf-8", "surrogatepass")) > 255), None)
+    if long_part is not None:
+        raise BundleError(f"{where}: path part {long_part[:40]!r}… is longer than 255 bytes "
+                          "in UTF-8", "unsafe-member")
     return path
 
 

@@ -192,6 +192,17 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _brief(value: Any) -> str:
+    """Any TOML value for an error message. A hex literal (0xfff…, 3600 digits) is an
+    integer of more than 4300 decimal digits: ``repr`` refuses it, in a list too."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _show(value)
+    try:
+        return repr(value)[:200]
+    except ValueError:
+        return f"a {type(value).__name__} holding a number too large to show"
+
+
 def _check(section: str, key: str, spec: Key, value: Any) -> Any:
     name = f"{section}.{key}"
     if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
@@ -200,7 +211,7 @@ def _check(section: str, key: str, spec: Key, value: Any) -> Any:
         except OverflowError:  # tomllib keeps integers of any length; a float cannot
             raise ConfigError(f"{name}: {_show(value)} is out of range") from None
     if (isinstance(value, bool) != (spec.type is bool)) or not isinstance(value, spec.type):
-        raise ConfigError(f"{name}: expected {spec.type.__name__}, got {type(value).__name__} ({value!r})")
+        raise ConfigError(f"{name}: expected {spec.type.__name__}, got {type(value).__name__} ({_brief(value)})")
     if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
         raise ConfigError(f"{name}: {value} is not a finite number")
     if isinstance(value, str) and "\x00" in value:
@@ -264,7 +275,10 @@ PROVISIONING_FILE = "provisioning.toml"
 
 def _provisioned_overlay(raw: dict) -> tuple[dict, str | None]:
     device = raw.get("device", {}) if isinstance(raw.get("device", {}), dict) else {}
-    path = Path(str(device.get("keys_dir", SCHEMA["device"]["keys_dir"].default))) / PROVISIONING_FILE
+    keys_dir = device.get("keys_dir", SCHEMA["device"]["keys_dir"].default)
+    if not isinstance(keys_dir, str):  # validate() names the type; str() of 0xfff… raises
+        return raw, None
+    path = Path(keys_dir) / PROVISIONING_FILE
     if "\x00" in str(path):
         raise ConfigError("device.keys_dir: contains a NUL character")
     try:

@@ -44,8 +44,8 @@ MAX_BUNDLE = 1024**3
 FSYNC_EVERY = 1024 * 1024  # a resumed flash restarts at most this far back after a power cut
 STAGING_DIR = "update-staging"
 LOG_PIECE = 24_000  # bytes of log text per stream frame
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_OFFICER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+_OFFICER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}\Z")
 
 Installer = Callable[[Path], dict]
 
@@ -448,7 +448,7 @@ class AgentDevice:
         try:
             data = base64.b64decode(a["data"], validate=True)
             offset, crc = int(a["offset"]), int(a["crc32"])
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, OverflowError) as exc:  # int(1e400): Overflow
             raise CommandError("bad_args", f"flash_chunk needs offset, crc32, data ({exc})") from None
         if len(data) > CHUNK_MAX:
             raise CommandError("bad_args", f"chunk of {len(data)} bytes exceeds {CHUNK_MAX}")

@@ -69,8 +69,8 @@ log = logging.getLogger("bwv.provision")
 PROVISIONING_FILE = config_mod.PROVISIONING_FILE
 UPDATE_ROOT_FILE = "update-root.json"  # = sync.firmware_fetch.PINNED_ROOT_NAME
 REQUEST_FILE = "request.json"
-_OFFICER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
+_OFFICER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}\Z")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}\Z")
 
 
 class ProvisionError(Exception):

@@ -83,7 +83,9 @@ def parse_autoboot_txt(text: str, name: str = "autoboot.txt") -> Autoboot:
         if key == "tryboot_a_b":
             ab = value == "1"
             continue
-        if not value.isdigit() or int(value) not in SLOT_OF:
+        # ASCII digits only, and few: "²".isdigit() is true but int() refuses it, and
+        # int() refuses more than 4300 digits
+        if not (value.isascii() and value.isdigit() and len(value) <= 3) or int(value) not in SLOT_OF:
             raise BootConfigError(f"{name}:{n}: boot_partition={value} is not a bwv slot "
                                   f"partition ({', '.join(map(str, SLOT_OF))})")
         if section in parts:

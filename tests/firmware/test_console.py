@@ -471,6 +471,8 @@ def test_flash_refuses_bad_chunks_and_a_wrong_hash(live):
         with pytest.raises(ConsoleError, match="flash_offset") as exc:
             c.request("flash_chunk", {**chunk, "offset": 100, "crc32": zlib.crc32(data)})
         assert exc.value.data["expected"] == 0
+        with pytest.raises(ConsoleError, match="bad_args"):  # JSON Infinity: int() overflows
+            c.request("flash_chunk", {**chunk, "offset": float("inf")})
         with pytest.raises(ConsoleError, match="flash_incomplete"):
             c.request("flash_commit", {"sha256": claimed})
         assert c.request("flash_chunk", {**chunk, "crc32": zlib.crc32(data)})["offset"] == len(data)

@@ -30,6 +30,8 @@ def test_render_matches_the_documented_layout_and_parses_back():
     "[all]\nboot_partition=2\nkernel=evil.img\n",
     "[tryboot]\nboot_partition=3\n",             # no committed partition
     "#" * 600 + "\n[all]\nboot_partition=2\n",    # beyond the firmware's 512 bytes
+    "[all]\nboot_partition=\u00b2\n",            # "²".isdigit(), but int() refuses it
+    "[all]\nboot_partition=\u0662\n",            # an Arabic-Indic 2 is not a partition
 ])
 def test_files_we_do_not_understand_are_refused(text):
     with pytest.raises(BootConfigError):
