@@ -5,6 +5,7 @@ test runs against exactly what the camera writes.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,18 @@ import pytest
 
 from firmware.config import validate
 from hw_sim import runner
+
+@pytest.fixture(autouse=True)
+def _bwv_logger_restored():
+    """A CLI call inside a test (``bwv(...)``) points the ``bwv`` logger at that test's
+    captured stderr, which pytest closes afterwards; a later test's camera thread then
+    logged into a closed stream (or another test's output). Each test starts with the
+    logger as it found it."""
+    root = logging.getLogger("bwv")
+    saved = (root.handlers[:], root.level, root.propagate)
+    yield
+    root.handlers[:], root.level, root.propagate = saved
+
 
 SMALL = {"camera": {"width": 320, "height": 240, "segment_seconds": 1.0, "bitrate": 400_000},
          "buffer": {"pre_record_seconds": 3}}
