@@ -35,6 +35,7 @@ from ``download_dir``. Layouts: docs/FORMAT.md, "Firmware bundle and update meta
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
@@ -303,7 +304,14 @@ def _sync_tree(metadata_dir: Path) -> None:
 
 
 def _safe_name(target_path: str) -> str:
-    return parse.quote(target_path, "")
+    """A local file name for a signed target path: one name, no ``/``, and within a
+    file system's 255 bytes even for a long non-ASCII or lone-surrogate path (signed
+    does not mean sensible)."""
+    raw = target_path.encode("utf-8", "surrogatepass")
+    name = parse.quote(raw, "")
+    if len(name) > 200 or name.startswith(".") or not name:  # "..", or our ".X.part" temps
+        name = "sha256-" + hashlib.sha256(raw).hexdigest()
+    return name
 
 
 def _make_updater(source: str | Path, metadata_dir: Path, trusted_root: Path | bytes,

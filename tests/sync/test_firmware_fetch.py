@@ -575,3 +575,16 @@ def test_a_damaged_archive_fails_only_with_a_named_error(tmp_path_factory, archi
         return
     assert hashlib.sha256(upd.path.read_bytes()).hexdigest() == upd.sha256
     assert upd.manifest.version == "0.2.0"
+
+
+@pytest.mark.parametrize("path", ["bwv-firmware-1.2.0.tar", "a/b", "..", ".", "", ".x.part",
+                                  "\ud800x", "\u00e9" * 128, "x" * 300])
+def test_a_signed_target_path_becomes_one_safe_local_name(path):
+    """Signed does not mean sensible: any target path maps to a single file name under
+    the download directory, within 255 bytes, never "." / ".." or one of our temps."""
+    from sync.firmware_fetch import _safe_name
+    name = _safe_name(path)
+    assert "/" not in name and name not in ("", ".", "..") and not name.startswith(".")
+    assert len(name.encode()) <= 255
+    if path == "bwv-firmware-1.2.0.tar":
+        assert name == path  # ordinary names stay readable
