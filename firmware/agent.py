@@ -354,6 +354,10 @@ class Agent:
         if resume and opened["resume"] is not None and self._clip_id is None \
                 and self.state is State.BUFFERING and not self._recorded_since_power_on:
             self._resume(opened["resume"], now)
+        # docked while the card failed (no store: no sync): the dock's sync starts now
+        # (campaign_readerrors: otherwise it waited for the next undock/dock)
+        if resume and self._docked and self.on_dock:
+            self.on_dock(True)
 
     def _reopen_store(self) -> None:
         """Worker side: try again to open a store that failed to open."""

@@ -18,7 +18,8 @@ from firmware.config import Config
 from firmware.log import event
 from sync.access import StoreView
 from sync.directory import DirectoryTarget
-from sync.engine import SyncEngine, SyncReport, SyncSettings, run_with_retries
+from sync.engine import (LOCAL_STORAGE_ERRORS, SyncEngine, SyncReport, SyncSettings,
+                         run_with_retries)
 from sync.state import SyncState
 from sync.target import Target
 
@@ -44,6 +45,13 @@ def sync_settings(cfg: Config, device_id: str, *, correct_clock: bool | None = N
     return SyncSettings(device_id=device_id, verify=s.verify, evidential_first=s.evidential_first,
                         correct_clock=s.correct_clock if correct_clock is None else correct_clock,
                         clock_alarm_ns=s.clock_alarm_seconds * 10**9)
+
+
+def _audit_quietly(view: StoreView, event_name: str, **data) -> None:
+    try:
+        view.audit(event_name, **data)
+    except LOCAL_STORAGE_ERRORS as exc:
+        event(log, "could not audit a sync fault", level=logging.ERROR, error=str(exc), **data)
 
 
 class SyncRunner:
@@ -80,22 +88,30 @@ class SyncRunner:
         agent = self.agent
         store = agent._store
         device_id = agent.keys.device().device_id
-        state = SyncState(store.root / SYNC_STATE_FILE)
         view = StoreView(store, call=agent._worker.call)
         settings = sync_settings(self.cfg, device_id)
         agent.sync_indication("syncing")
+        state = None
         try:
             try:
-                target = self._target_factory()
-            except Exception as exc:  # noqa: BLE001 — a bad target config is a sync fault, not a crash
-                report = SyncReport(status="fault", message=f"cannot reach the evidence store: {exc}")
-                view.audit("fault", kind="sync_target", message=str(exc))
+                # sync's memory is on the device's card: a card that fails a read fails
+                # this round (a sync fault shown on the dock), never the agent
+                state = SyncState(store.root / SYNC_STATE_FILE)
+            except LOCAL_STORAGE_ERRORS as exc:
+                report = SyncReport(status="fault", message=f"the device's storage failed: {exc}")
+                _audit_quietly(view, "fault", kind="sync_local_storage", message=report.message)
             else:
-                report = run_with_retries(
-                    lambda: SyncEngine(store=view, target=target, state=state, clock=self.clock,
-                                       settings=settings, stop=self._stop),
-                    stop=self._stop, max_rounds=self.cfg.sync.rounds,
-                    base_s=0.05 if not self.threaded else 1.0)
+                try:
+                    target = self._target_factory()
+                except Exception as exc:  # noqa: BLE001 — a bad target config is a sync fault, not a crash
+                    report = SyncReport(status="fault", message=f"cannot reach the evidence store: {exc}")
+                    view.audit("fault", kind="sync_target", message=str(exc))
+                else:
+                    report = run_with_retries(
+                        lambda: SyncEngine(store=view, target=target, state=state, clock=self.clock,
+                                           settings=settings, stop=self._stop),
+                        stop=self._stop, max_rounds=self.cfg.sync.rounds,
+                        base_s=0.05 if not self.threaded else 1.0)
             self.reports.append(report)
             a = report.assignment
             if a and a["officer_id"] != agent.officer_id:
@@ -104,7 +120,8 @@ class SyncRunner:
             event(log, "sync finished", status=report.status, released=report.released,
                   failures=report.failures, message=report.message)
         finally:
-            state.close()
+            if state is not None:
+                state.close()
         if self.after_sync is not None and not self._stop.is_set():
             try:
                 self.after_sync(report)

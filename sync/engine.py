@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import re
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,9 @@ def event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields)
 #: objects (each held in memory until proven, for a possible re-send).
 PROVERS = 3
 MAX_UNPROVEN = 4
+#: What the device's own storage raises through a read of a sealed file, the store's
+#: index or sync's state (campaign_readerrors: a card that answers EIO).
+LOCAL_STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, sqlite3.Error)
 
 
 class SyncStopped(Exception):
@@ -150,8 +154,8 @@ class SyncEngine:
     # ------------------------------------------------------------------- steps
     def run(self) -> SyncReport:
         rep = self.report
-        self.state.set_meta(last_run_started_utc_ns=str(self.clock.utc_ns()), last_status="running")
         try:
+            self.state.set_meta(last_run_started_utc_ns=str(self.clock.utc_ns()), last_status="running")
             probe = self.target.probe()
             if not probe.reachable:
                 rep.status, rep.message = "unreachable", probe.detail
@@ -181,14 +185,34 @@ class SyncEngine:
                              target=self.target.description)
         except TransientError as exc:
             rep.status, rep.message = "interrupted", str(exc)
+        except LOCAL_STORAGE_ERRORS as exc:
+            # The device's own card failed (a bad sector answers a read with EIO): the
+            # targets turn their own I/O errors into TargetError, so this is local. No
+            # clip whose file could not be read was released; the round is retried like
+            # an interrupted one (a glitch heals; a bad sector stays a sync fault).
+            rep.status = "interrupted"
+            rep.message = f"the device's storage failed: {type(exc).__name__}: {exc}"
+            self._audit_quietly("fault", kind="sync_local_storage", message=rep.message)
         finally:
-            self.state.set_meta(last_status=rep.status, last_message=rep.message,
-                                last_run_ended_utc_ns=str(self.clock.utc_ns()))
-            self._report_progress()
+            try:
+                self.state.set_meta(last_status=rep.status, last_message=rep.message,
+                                    last_run_ended_utc_ns=str(self.clock.utc_ns()))
+                self._report_progress()
+            except LOCAL_STORAGE_ERRORS:  # sync's memory is on the failing card too
+                pass
             event(log, "sync run ended", level=logging.INFO if rep.status == "complete"
                   else logging.WARNING, status=rep.status, released=len(rep.released),
                   failures=rep.failures, message=rep.message)
         return rep
+
+    def _audit_quietly(self, event_name: str, **data) -> None:
+        """Audit a sync fault; an audit write that fails on the same card is the storage
+        fault's own business (the agent's guard), never a crash of the sync."""
+        try:
+            self.store.audit(event_name, **data)
+        except LOCAL_STORAGE_ERRORS as exc:
+            event(log, "could not audit a sync fault", level=logging.ERROR, error=str(exc),
+                  audit_event=event_name, **data)
 
     def _fetch_assignment(self) -> None:
         """The back office assigns cameras to officers by writing

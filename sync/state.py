@@ -34,13 +34,17 @@ class SyncState:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL, not FULL: a commit lost to a power cut only means an object is looked
-        # up in the store again (never that one is thought confirmed when it is not:
-        # a confirmation is only written after the store's proof). The evidence itself
-        # is in buffer's index, which stays FULL.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL, not FULL: a commit lost to a power cut only means an object is looked
+            # up in the store again (never that one is thought confirmed when it is not:
+            # a confirmation is only written after the store's proof). The evidence itself
+            # is in buffer's index, which stays FULL.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except BaseException:
+            self.db.close()  # a card that fails a read: no open file left behind
+            raise
         self._lock = threading.Lock()  # the sender and the confirming thread share it
 
     def confirmed(self, key: str, sha256: str) -> Confirmation | None:
