@@ -6,7 +6,7 @@
     python -m hw_sim.reliability --quick           # a smoke run of the same parts (minutes)
     python -m hw_sim.reliability --only ioerrors,recovery
 
-Four parts, each its own process, one after the other (each uses ``--jobs`` cores):
+Five parts, each its own process, one after the other (each uses ``--jobs`` cores):
 
 ``powercut``  ``hw_sim.campaign_powercut``: the real agent on the power-loss FUSE disk,
               >= 200 seeded random cuts (torn / prefix), compound cuts (recovery cut
@@ -14,6 +14,9 @@ Four parts, each its own process, one after the other (each uses ``--jobs`` core
               of a short workload;
 ``ioerrors``  ``hw_sim.campaign_ioerrors``: EIO and ENOSPC at every Nth write, fsync,
               rename and create of a short workload (sticky and one-off);
+``readerrors`` ``hw_sim.campaign_readerrors``: EIO at every Nth read of the card while
+              the docked camera syncs (a bad sector): nothing released early, and the
+              next dock releases everything;
 ``fuzz``      ``fuzz.run``: every atheris target, >= 100,000 inputs each;
 ``recovery``  ``hw_sim.recovery_bench``: recovery time of a 30,000-segment store.
 
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("powercut", "ioerrors", "fuzz", "recovery")
+PARTS = ("powercut", "ioerrors", "readerrors", "fuzz", "recovery")
 
 
 @dataclass(frozen=True)
@@ -54,15 +57,18 @@ def parts(out: Path, *, quick: bool, jobs: int, seed: int) -> dict[str, Part]:
     pc = py + ["hw_sim.campaign_powercut", "--cuts", str(cuts), "--compound", str(compound),
                "--seed", str(seed), "--jobs", str(jobs), "--json", str(out / "powercut.json")]
     io = py + ["hw_sim.campaign_ioerrors", "--jobs", str(jobs), "--json", str(out / "ioerrors.json")]
+    rd = py + ["hw_sim.campaign_readerrors", "--jobs", str(jobs), "--json", str(out / "readerrors.json")]
     if quick:
         pc.append("--no-sweep")
         io += ["--max-per-kind", "4", "--max-per-kind-once", "2"]
+        rd += ["--max-per-mode", "4"]
     fz = py + ["fuzz.run", "--inputs", str(inputs), "--jobs", str(jobs), "--seed", str(seed),
                "--json", str(out / "fuzz.json")]
     rb = py + ["hw_sim.recovery_bench", "--segments", "2000" if quick else "30000",
                "--json", str(out / "recovery.json")]
     return {"powercut": Part("powercut", pc, out / "powercut.json"),
             "ioerrors": Part("ioerrors", io, out / "ioerrors.json"),
+            "readerrors": Part("readerrors", rd, out / "readerrors.json"),
             "fuzz": Part("fuzz", fz, out / "fuzz.json"),
             "recovery": Part("recovery", rb, out / "recovery.json")}
 
@@ -135,6 +141,19 @@ def summarize(results: dict[str, dict]) -> dict:
         for key in ("crash_loops", "lost", "failed"):
             if io.get(key) != 0:
                 fails.append(f"ioerrors: {key} = {io.get(key)}")
+    rd = part_failed("readerrors")
+    if rd is not None and "error" not in rd:
+        rows += [("read fault points tried while syncing (EIO; sticky and once)",
+                  f"{rd.get('fault_points')} ({rd.get('reads_in_fault_window')} reads in the "
+                  "fault window" + (f"; sampled {_kinds(rd.get('sampled'))}" if rd.get("sampled") else "")
+                  + ")"),
+                 ("  their outcomes", _kinds(rd.get("outcomes"))),
+                 ("  crash loops / early releases / lost / failed (must be 0)",
+                  f"{rd.get('crash_loops')} / {rd.get('early_releases')} / {rd.get('lost')} / "
+                  f"{rd.get('failed')}")]
+        for key in ("crash_loops", "early_releases", "lost", "failed"):
+            if rd.get(key) != 0:
+                fails.append(f"readerrors: {key} = {rd.get(key)}")
     fz = part_failed("fuzz")
     if fz is not None and "error" not in fz:
         for t in fz.get("targets", []):
@@ -189,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from hw_sim.powercut import fuse_available
     reason = fuse_available()
-    if reason and ({"powercut", "ioerrors"} & set(names)):
+    if reason and ({"powercut", "ioerrors", "readerrors"} & set(names)):
         print(f"reliability: FAIL: the power-cut and I/O-error campaigns need the power-loss "
               f"FUSE filesystem, which cannot run here: {reason}", file=sys.stderr)
         return 2
