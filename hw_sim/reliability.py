@@ -143,14 +143,14 @@ def summarize(results: dict[str, dict]) -> dict:
                 fails.append(f"ioerrors: {key} = {io.get(key)}")
     rd = part_failed("readerrors")
     if rd is not None and "error" not in rd:
+        sampled = f"; sampled {_kinds(rd['sampled'])}" if rd.get("sampled") else ""
+        window = f"{rd.get('reads_in_fault_window')} reads in the fault window{sampled}"
+        must_be_zero = " / ".join(str(rd.get(k)) for k in ("crash_loops", "early_releases",
+                                                           "lost", "failed"))
         rows += [("read fault points tried while syncing (EIO; sticky and once)",
-                  f"{rd.get('fault_points')} ({rd.get('reads_in_fault_window')} reads in the "
-                  "fault window" + (f"; sampled {_kinds(rd.get('sampled'))}" if rd.get("sampled") else "")
-                  + ")"),
+                  f"{rd.get('fault_points')} ({window})"),
                  ("  their outcomes", _kinds(rd.get("outcomes"))),
-                 ("  crash loops / early releases / lost / failed (must be 0)",
-                  f"{rd.get('crash_loops')} / {rd.get('early_releases')} / {rd.get('lost')} / "
-                  f"{rd.get('failed')}")]
+                 ("  crash loops / early releases / lost / failed (must be 0)", must_be_zero)]
         for key in ("crash_loops", "early_releases", "lost", "failed"):
             if rd.get(key) != 0:
                 fails.append(f"readerrors: {key} = {rd.get(key)}")
@@ -187,7 +187,7 @@ def table(summary: dict, markdown: bool = False) -> str:
     w = max((len(k) for k, _ in rows), default=0)
     lines = [f"{k:<{w}}  {v}" for k, v in rows]
     verdict = "PASS" if summary["ok"] else "FAIL: " + "; ".join(summary["fails"])
-    return "\n".join(["", "reliability — bwv under power cuts, I/O errors and fuzzed input",
+    return "\n".join(["", "reliability — bwv under power cuts, I/O and read errors, and fuzzed input",
                       "-" * (w + 20), *lines, "-" * (w + 20), verdict])
 
 
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from hw_sim.powercut import fuse_available
     reason = fuse_available()
     if reason and ({"powercut", "ioerrors", "readerrors"} & set(names)):
-        print(f"reliability: FAIL: the power-cut and I/O-error campaigns need the power-loss "
+        print(f"reliability: FAIL: the power-cut, I/O-error and read-error campaigns need the power-loss "
               f"FUSE filesystem, which cannot run here: {reason}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)

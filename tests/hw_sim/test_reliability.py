@@ -17,12 +17,16 @@ IOERRORS = {"fault_points": 614, "sampled": {"write/once": "40 of 173"},
 FUZZ = {"targets": [{"target": "segment", "inputs": 100_000, "crashes": 0, "status": "ok"},
                     {"target": "nmea", "inputs": 100_000, "crashes": 0, "status": "ok"}],
         "skipped": [{"target": "bundle", "reason": "no parser yet"}]}
+READERRORS = {"fault_points": 42, "reads_in_fault_window": 21, "sampled": {},
+              "outcomes": {"held_then_released": 16, "absorbed": 26},
+              "crash_loops": 0, "early_releases": 0, "lost": 0, "failed": 0}
 RECOVERY = {"segments": 30002, "cuts": 3, "page_cache": "warm", "recovery_s_median": 0.25,
             "recovery_s_max": 0.26}
 
 
 def results(**override):
-    base = {"powercut": POWERCUT, "ioerrors": IOERRORS, "fuzz": FUZZ, "recovery": RECOVERY}
+    base = {"powercut": POWERCUT, "ioerrors": IOERRORS, "readerrors": READERRORS, "fuzz": FUZZ,
+            "recovery": RECOVERY}
     base.update(override)
     return {k: {"rc": 0, "seconds": 60.0, "report": v} for k, v in base.items()}
 
@@ -34,6 +38,8 @@ def test_a_clean_run_passes_and_its_table_has_every_figure():
     for needle in ("power cuts made", "240", "segments lost (must be 0)",
                    "cuts whose recovery failed (must be 0)", "p50 / p99", "0.050 s / 0.200 s",
                    "30,002-segment store", "I/O fault points tried", "614",
+                   "read fault points tried while syncing", "42 (21 reads in the fault window)",
+                   "0 / 0 / 0 / 0",
                    "fuzz segment: inputs / crashes (must be 0)", "100,000 / 0", "skipped",
                    "total", "PASS"):
         assert needle in text, needle
@@ -46,9 +52,13 @@ def test_a_clean_run_passes_and_its_table_has_every_figure():
     ("ioerrors", {"crash_loops": 1}, "crash_loops"),
     ("ioerrors", {"lost": 3}, "lost"),
     ("ioerrors", {"failed": 1}, "failed"),
+    ("readerrors", {"early_releases": 1}, "readerrors: early_releases"),
+    ("readerrors", {"crash_loops": 1}, "readerrors: crash_loops"),
+    ("readerrors", {"lost": 2}, "readerrors: lost"),
+    ("readerrors", {"failed": 1}, "readerrors: failed"),
 ])
 def test_any_must_be_zero_figure_fails_the_run(part, patch, why):
-    base = {"powercut": POWERCUT, "ioerrors": IOERRORS}[part]
+    base = {"powercut": POWERCUT, "ioerrors": IOERRORS, "readerrors": READERRORS}[part]
     s = reliability.summarize(results(**{part: dict(base, **patch)}))
     assert not s["ok"] and any(why in f for f in s["fails"]), s["fails"]
     assert "FAIL" in reliability.table(s)
