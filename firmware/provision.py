@@ -127,15 +127,19 @@ def parse_technician_public(data: bytes, origin: str, name: str | None = None) -
     return TechnicianKey(name, _raw_public(key))
 
 
+def _read_key_file(path: Path) -> tuple[int, bytes]:
+    """A key file's permission bits and bytes; the caller decides which bits are too loose."""
+    try:
+        st = path.stat()
+        return stat.S_IMODE(st.st_mode), path.read_bytes()
+    except FileNotFoundError:
+        raise TechnicianKeyError(f"technician key {path} does not exist") from None
+
+
 def load_technician_key(path: Path) -> TechnicianKey:
     """A technician's public key file, refused when others could have written it."""
     path = Path(path)
-    try:
-        st = path.stat()
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TechnicianKeyError(f"technician key {path} does not exist") from None
-    mode = stat.S_IMODE(st.st_mode)
+    mode, data = _read_key_file(path)
     if mode & 0o022:
         raise LooseKeyPermissions(f"LooseKeyPermissions: {path} is writable by group/others "
                                   f"(mode {mode:04o}); anyone could have swapped the key — chmod 644")
@@ -148,12 +152,7 @@ def load_technician_key(path: Path) -> TechnicianKey:
 def load_technician_private(path: Path) -> Ed25519PrivateKey:
     """The technician's signing key for the console (PEM or OpenSSH), 0600 only."""
     path = Path(path)
-    try:
-        st = path.stat()
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TechnicianKeyError(f"technician key {path} does not exist") from None
-    mode = stat.S_IMODE(st.st_mode)
+    mode, data = _read_key_file(path)
     if mode & 0o077:
         raise LooseKeyPermissions(f"LooseKeyPermissions: {path} is readable by group/others "
                                   f"(mode {mode:04o}); refusing to use it — chmod 600")
