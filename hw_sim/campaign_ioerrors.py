@@ -47,11 +47,8 @@ case kept every promise, 1 otherwise, 2 when the campaign cannot run here (no
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import logging
-import multiprocessing
-import os
 import shutil
 import signal
 import sys
@@ -61,6 +58,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hw_sim.campaign_pool import run_cases
 from hw_sim.powercut import PowerCutDisk, PowerCutError, refuse_without_fuse
 
 #: The issue's four, plus the other operations the store's durable paths make (directory
@@ -585,22 +583,17 @@ def main(argv: list[str] | None = None) -> int:
                                    "once": args.max_per_kind_once or None}, kinds, errnos, modes)
     print(f"storage operations in the fault window: {counts}; {len(specs)} cases"
           + (f" (sampled: {sampled})" if sampled else " (every N)"), file=sys.stderr)
-    results: list[dict] = []
-    ctx = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx,
-                                                initializer=_worker_init, initargs=(env,)) as pool:
-        futures = [pool.submit(_work, s) for s in specs]
-        for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-            r = fut.result()
-            results.append(r)
-            if r["outcome"] == "failed":
-                print(f"FAIL {r['case']} replay={json.dumps(r['spec'])}: "
-                      f"{(r['lost'] + r['problems'])[:2]}", file=sys.stderr)
-            if i % 25 == 0 or i == len(specs):
-                print(f"I/O errors: {i}/{len(specs)} cases, failed "
-                      f"{sum(1 for x in results if x['outcome'] == 'failed')}, "
-                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    results.sort(key=lambda r: r["case"])
+    def on_result(i: int, r: dict, results: list[dict]) -> None:
+        if r["outcome"] == "failed":
+            print(f"FAIL {r['case']} replay={json.dumps(r['spec'])}: "
+                  f"{(r['lost'] + r['problems'])[:2]}", file=sys.stderr)
+        if i % 25 == 0 or i == len(specs):
+            print(f"I/O errors: {i}/{len(specs)} cases, failed "
+                  f"{sum(1 for x in results if x['outcome'] == 'failed')}, "
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    results = run_cases(specs, _work, jobs=args.jobs, worker_init=_worker_init, env=env,
+                        on_result=on_result)
     summary = summarize(results, counts, sampled, time.perf_counter() - t0)
     summary["command"] = "python -m hw_sim.campaign_ioerrors " + " ".join(
         argv if argv is not None else sys.argv[1:])

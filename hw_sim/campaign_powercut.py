@@ -32,11 +32,9 @@ here (no ``/dev/fuse``: it fails, it never passes silently).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import io
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -48,6 +46,7 @@ import time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
+from hw_sim.campaign_pool import run_cases
 from hw_sim.powercut import PowerCutDisk, PowerCutError, refuse_without_fuse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -554,22 +553,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workload: {ops} operations, {calib['workload']['barriers']} barriers; "
           f"sweep workload: {barriers} barriers", file=sys.stderr)
     specs = plan(args.seed, args.cuts, args.compound, ops, barriers, args.sweep, args.torn_sweep)
-    results: list[dict] = []
-    ctx = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx,
-                                                initializer=_worker_init, initargs=(env,)) as pool:
-        futures = [pool.submit(_work, s) for s in specs]
-        for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-            r = fut.result()
-            results.append(r)
-            if r["lost"] or r["problems"]:
-                print(f"FAIL {r['case']} spec={json.dumps(r['spec'])}: "
-                      f"{(r['lost'] + r['problems'])[:3]}", file=sys.stderr)
-            if i % 10 == 0 or i == len(specs):
-                print(f"power cuts: {i}/{len(specs)} cases, lost {sum(len(x['lost']) for x in results)}, "
-                      f"failed {sum(1 for x in results if x['problems'])}, "
-                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    results.sort(key=lambda r: r["case"])
+    def on_result(i: int, r: dict, results: list[dict]) -> None:
+        if r["lost"] or r["problems"]:
+            print(f"FAIL {r['case']} spec={json.dumps(r['spec'])}: "
+                  f"{(r['lost'] + r['problems'])[:3]}", file=sys.stderr)
+        if i % 10 == 0 or i == len(specs):
+            print(f"power cuts: {i}/{len(specs)} cases, lost {sum(len(x['lost']) for x in results)}, "
+                  f"failed {sum(1 for x in results if x['problems'])}, "
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    results = run_cases(specs, _work, jobs=args.jobs, worker_init=_worker_init, env=env,
+                        on_result=on_result)
     summary = summarize(results, seed=args.seed, command=command,
                         elapsed=time.perf_counter() - t0, calib=calib)
     print(table(summary), file=sys.stderr)

@@ -72,11 +72,9 @@ cannot run here (no ``/dev/fuse``: it fails, it never passes silently).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import hashlib
 import json
 import logging
-import multiprocessing
 import shutil
 import signal
 import sys
@@ -96,6 +94,7 @@ from hw_sim.campaign_ioerrors import (
     _marker,
     config,
 )
+from hw_sim.campaign_pool import run_cases
 from hw_sim.powercut import PowerCutDisk, PowerCutError, refuse_without_fuse
 
 MODES = ("sticky", "once")
@@ -592,22 +591,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"card reads in the fault window: {count}; {len(specs)} cases"
           + (f" (sampled: {sampled})" if sampled else " (every N)"), file=sys.stderr)
-    results: list[dict] = []
-    ctx = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx,
-                                                initializer=_worker_init, initargs=(env,)) as pool:
-        futures = [pool.submit(_work, s) for s in specs]
-        for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-            r = fut.result()
-            results.append(r)
-            if r["outcome"] == "failed":
-                print(f"FAIL {r['case']} replay={json.dumps(r['spec'])}: "
-                      f"{(r['lost'] + r['problems'])[:2]}", file=sys.stderr)
-            if i % 10 == 0 or i == len(specs):
-                print(f"read errors: {i}/{len(specs)} cases, failed "
-                      f"{sum(1 for x in results if x['outcome'] == 'failed')}, "
-                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    results.sort(key=lambda r: r["case"])
+    def on_result(i: int, r: dict, results: list[dict]) -> None:
+        if r["outcome"] == "failed":
+            print(f"FAIL {r['case']} replay={json.dumps(r['spec'])}: "
+                  f"{(r['lost'] + r['problems'])[:2]}", file=sys.stderr)
+        if i % 10 == 0 or i == len(specs):
+            print(f"read errors: {i}/{len(specs)} cases, failed "
+                  f"{sum(1 for x in results if x['outcome'] == 'failed')}, "
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    results = run_cases(specs, _work, jobs=args.jobs, worker_init=_worker_init, env=env,
+                        on_result=on_result)
     summary = summarize(results, count, sampled, time.perf_counter() - t0, sight)
     summary["command"] = "python -m hw_sim.campaign_readerrors " + " ".join(
         argv if argv is not None else sys.argv[1:])
