@@ -208,8 +208,9 @@ def test_gps_time_is_the_satellites_time_when_the_clock_is_not_set():
         try:
             wait_for(lambda: reader.connected, what="open")
             unset.advance(S)
-            sim.emit_now()
-            wait_for(lambda: reader.gps_time_utc_ns() is not None, what="gps time")
+            sentences = sim.emit_now()       # the epochs at +0 s and +1 s: wait for both
+            wait_for(lambda: reader.stats.get("lines", 0) >= sentences, what="every sentence read")
+            assert reader.gps_time_utc_ns() is not None
             utc, at = reader.gps_time_utc_ns()
             assert abs(utc + (unset.monotonic_ns() - at) - (truth_clock.utc_ns() + S)) < S
         finally:
