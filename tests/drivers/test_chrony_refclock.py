@@ -205,7 +205,9 @@ def test_a_real_chronyd_takes_the_samples(tmp_path):
             lines = [ln for ln in (log.read_text() if log.exists() else "").splitlines()
                      if " NMEA " in ln]
         assert len(lines) == 3, lines
-        assert all(abs(float(ln.split()[6]) - 0.3) < 1e-3 for ln in lines), lines  # raw offset
+        # raw offset; 10 ms of slack: the test and the feed each read the two clocks one
+        # after the other, and a loaded machine can preempt in between
+        assert all(abs(float(ln.split()[6]) - 0.3) < 10e-3 for ln in lines), lines
     finally:
         proc.terminate()
         proc.wait(timeout=10)

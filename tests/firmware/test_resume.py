@@ -248,11 +248,12 @@ def test_sigkill_of_the_running_camera_resumes_recording_at_restart(tmp_path):
     proc = subprocess.Popen(base + ["--scenario", str(tmp_path / "rec.toml"), "--speed", "8"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    while True:
         lines = ack_log.read_text().splitlines() if ack_log.exists() else []
         if sum(1 for ln in lines if json.loads(ln)["clip_id"]) >= 4:
             break
         assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "4 recorded segments not acknowledged in 90 s"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
