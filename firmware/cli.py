@@ -71,6 +71,10 @@ def cmd_keys_device(args) -> int:
 
 def cmd_sim(args) -> int:
     from hw_sim import runner  # only the simulator command pulls in simulated hardware
+    from firmware.main import StopRequest
+    # Ctrl-C / SIGTERM end the scenario at the next tick and seal the open clip, as on
+    # the device (`bwv run`); a KeyboardInterrupt mid-tick could strand a lock instead.
+    stop = StopRequest().install()
     cfg = config_mod.load(Path(args.config) if args.config else None)
     setup_logging(cfg.log.level)
     try:
@@ -86,11 +90,12 @@ def cmd_sim(args) -> int:
                      threaded=args.threaded or args.console_pty,
                      ack_log=Path(args.ack_log) if args.ack_log else None,
                      progress=None if args.quiet else _progress("simulated shift (s)"),
-                     on_start=on_start)
+                     on_start=on_start, stop=stop)
     print(json.dumps({"store": str(res.store_dir), "identity": str(res.identity),
                       "frames": res.frames, "segments_acknowledged": len(res.acks),
-                      "clips": res.clip_ids}))
-    return 0
+                      "clips": res.clip_ids, "stopped_by": res.stopped_by}))
+    # the shell's convention for a command ended by a signal: 128 + its number
+    return {"sigint": 130, "sigterm": 143}.get(res.stopped_by or "", 0)
 
 
 def _local_path(args, stack) -> Path:

@@ -29,7 +29,13 @@ EXIT_POWER_OFF = 3  # a clean stop that asks the unit to power the device off
 EXIT_RESTART = 75  # a clean stop to start again (a new firmware slot): Restart=on-failure
 
 
-class _Stop:
+class StopRequest:
+    """A signal turned into a request the loop checks between steps.
+
+    Letting SIGINT raise KeyboardInterrupt wherever the main thread happens to be can
+    leave a lock held or a hand-off half done, and the clean stop that seals the open
+    clip then waits forever; a flag checked at a step boundary cannot."""
+
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason = "shutdown"
@@ -38,6 +44,18 @@ class _Stop:
         self.reason = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}.get(signum, "signal")
         self.event.set()
 
+    def install(self) -> StopRequest:
+        """Route SIGTERM and SIGINT here (main thread only, as Python requires). A
+        signal the parent set to be ignored stays ignored (nohup, the campaigns' workers,
+        whose Ctrl-C belongs to the campaign)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, self)
+        return self
+
+    def requested(self) -> bool:
+        return self.event.is_set()
+
 
 def run(cfg: Config, *, platform: str, workdir: Path | None = None,
         max_seconds: float | None = None) -> int:
@@ -45,9 +63,7 @@ def run(cfg: Config, *, platform: str, workdir: Path | None = None,
     from firmware.platform import choose
     info = choose(platform)
     event(log, "platform", platform=info.platform, board=info.board_model, reason=info.reason)
-    stop = _Stop()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = StopRequest().install()
     from firmware.watchdog import Watchdog
     # Storage progresses once a segment (seconds); capture on every frame. GPS is not a
     # watched loop: a GPS outage is a fault to report, not a reason to restart.
@@ -64,7 +80,7 @@ def _exit_status(reason: str) -> int:
             "reprovision": EXIT_RESTART}.get(reason, EXIT_OK)
 
 
-def _tick_loop(agent, watchdog, stop: _Stop, max_seconds: float | None, advance,
+def _tick_loop(agent, watchdog, stop: StopRequest, max_seconds: float | None, advance,
                trial=None) -> str:
     """The ticker: poll, feed the watchdog from real progress, stop on request."""
     started = time.monotonic()
@@ -91,7 +107,7 @@ def _tick_loop(agent, watchdog, stop: _Stop, max_seconds: float | None, advance,
     return stop.reason
 
 
-def _run_sim(cfg: Config, watchdog, stop: _Stop, workdir: Path, max_seconds) -> int:
+def _run_sim(cfg: Config, watchdog, stop: StopRequest, workdir: Path, max_seconds) -> int:
     from hw_sim.runner import Rig
     from firmware.updating import start_updates
     from firmware.console_server import start_console
@@ -119,7 +135,7 @@ def _run_sim(cfg: Config, watchdog, stop: _Stop, workdir: Path, max_seconds) -> 
     return _exit_status(reason)
 
 
-def _run_pi(cfg: Config, info, watchdog, stop: _Stop, max_seconds) -> int:  # pragma: no cover - needs a Pi
+def _run_pi(cfg: Config, info, watchdog, stop: StopRequest, max_seconds) -> int:  # pragma: no cover - needs a Pi
     from firmware import pi_rig
     from firmware.agent import Agent
     from firmware.syncing import SyncRunner

@@ -13,7 +13,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from buffer.agency import write_agency_identity
 from buffer.store import Ack
@@ -29,6 +29,9 @@ from sync.directory import DirectoryTarget
 from hw_sim.camera import SimCamera
 from hw_sim.clock import SimClock
 from hw_sim.gpio import SimGpio
+
+if TYPE_CHECKING:
+    from firmware.main import StopRequest
 
 SIM_DEVICE_ID = "BWV-SIM-0001"
 TICK_NS = 10_000_000
@@ -127,6 +130,7 @@ class SimResult:
     press_mono_ns: list[int] = field(default_factory=list)
     agent: Agent | None = None
     dock_share: Path | None = None
+    stopped_by: str | None = None  # a signal ended the scenario early ("sigint", "sigterm")
 
     def clip_dir(self, clip_id: str) -> Path:
         """Where the clip is now: on the device, or (after a sync) on the dock share."""
@@ -164,8 +168,10 @@ class Rig:
                  device_id: str = SIM_DEVICE_ID, utc_start_ns: int | None = None,
                  dock_share: Path | None = None, target_factory=None, clock_set: bool = True,
                  battery_percent: float = 100.0, gps: bool = False,
-                 microphone: bool | None = None, tick_ns: int = TICK_NS) -> None:
+                 microphone: bool | None = None, tick_ns: int = TICK_NS,
+                 stop: StopRequest | None = None) -> None:
         self.workdir = Path(workdir)
+        self.stop = stop  # checked at every tick: a signal ends advance_to_ns early
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tick_ns = tick_ns  # longest step without a poll (timers also wake it exactly)
         self.keys, identity = ensure_keys(self.workdir, device_id)
@@ -267,9 +273,10 @@ class Rig:
 
     def advance_to_ns(self, target: int) -> None:
         """Run virtual time to ``target``: ticks, frames at their times, agent polls.
-        Stops early when the agent asks to power down (battery critical)."""
+        Stops early when the agent asks to power down (battery critical) or a stop was
+        requested (a signal, see ``run``)."""
         while True:
-            if self.agent.shutdown_requested:
+            if self.agent.shutdown_requested or (self.stop is not None and self.stop.requested()):
                 return
             now = self.clock.monotonic_ns()
             if self.mic is not None:
@@ -319,15 +326,18 @@ def run(cfg: Config, workdir: Path, scenario: Scenario, *, speed: float | None =
         threaded: bool = False, ack_log: Path | None = None,
         progress: Callable[[float, float], None] | None = None,
         device_id: str = SIM_DEVICE_ID, utc_start_ns: int | None = None,
-        on_start: Callable[[Rig], Callable[[], None] | None] | None = None) -> SimResult:
+        on_start: Callable[[Rig], Callable[[], None] | None] | None = None,
+        stop: StopRequest | None = None) -> SimResult:
     """Run a scenario from power-on to a clean stop at ``scenario.end_s``.
 
     The simulated RTC starts at the host's UTC unless told otherwise, so a store that a
     later run reopens keeps moving forward in wall time. ``on_start(rig)`` runs once
     the agent runs (e.g. starts the technician console) and may return a closer, called
-    before the agent stops."""
+    before the agent stops. A ``stop`` request (Ctrl-C on ``bwv sim``) ends the scenario
+    at the next tick and stops the camera the same clean way, with its reason."""
     rig = Rig(cfg, workdir, speed=speed, threaded=threaded, ack_log=ack_log,
-              device_id=device_id, utc_start_ns=utc_start_ns, gps=cfg.gps.enabled).start()
+              device_id=device_id, utc_start_ns=utc_start_ns, gps=cfg.gps.enabled,
+              stop=stop).start()
     t0 = rig.clock.monotonic_ns()
     closer = on_start(rig) if on_start is not None else None
     try:
@@ -335,6 +345,8 @@ def run(cfg: Config, workdir: Path, scenario: Scenario, *, speed: float | None =
             if step.at_s > scenario.end_s:
                 break
             rig.advance_to_ns(t0 + int(step.at_s * 1e9))
+            if stop is not None and stop.requested():
+                break
             if step.action in ("dock", "undock"):
                 getattr(rig, step.action)()
             else:
@@ -342,10 +354,13 @@ def run(cfg: Config, workdir: Path, scenario: Scenario, *, speed: float | None =
             if progress:
                 progress(step.at_s, scenario.end_s)
         rig.advance_to_ns(t0 + int(scenario.end_s * 1e9))
-        if progress:
+        if progress and not (stop is not None and stop.requested()):
             progress(scenario.end_s, scenario.end_s)
     finally:
         if closer is not None:
             closer()
+        if stop is not None and stop.requested():
+            rig.result.stopped_by = stop.reason
+            rig.agent.shutdown_requested = rig.agent.shutdown_requested or stop.reason
         result = rig.close()
     return result

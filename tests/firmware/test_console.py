@@ -654,7 +654,8 @@ def test_bwv_sim_console_pty_serves_the_console_while_the_scenario_runs(tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "firmware.cli", "sim", "--console-pty", "--speed", "1",
                              "--quiet", "--scenario", str(scenario), "--workdir", str(work),
                              "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONFAULTHANDLER="1"))  # stacks on SIGABRT
     try:
         deadline = time.monotonic() + 60
         while not (work / "console").exists() and time.monotonic() < deadline:
@@ -663,13 +664,22 @@ def test_bwv_sim_console_pty_serves_the_console_while_the_scenario_runs(tmp_path
         with ConsoleClient(str(work / "console")) as c:
             info = c.info()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            _, err = proc.communicate(timeout=30)
+            pytest.fail("bwv sim did not stop within 60 s of SIGINT; its threads:\n" + err[-12000:])
     finally:
         if proc.poll() is None:
             proc.kill()
+    # Ctrl-C is a clean stop, reported the shell's way (128 + SIGINT) with the result
+    assert proc.returncode == 130, err
+    assert json.loads(out.splitlines()[-1])["stopped_by"] == "sigint"
     assert info["device_id"] == "BWV-SIM-0001" and info["platform"] == "sim"
     assert f"bwv console --port {work / 'console'} info" in err
     assert not (work / "console").exists()  # the cable is gone with the camera
     evs = read_events(work / "store" / "audit.log")
     assert [e["data"]["cmd"] for e in evs if e["event"] == "console_command"] == ["info"]
     assert evs[-1]["event"] == "store_close"  # the camera stopped cleanly after the console
+    assert [e["data"]["reason"] for e in evs if e["event"] == "power_off"] == ["sigint"]
