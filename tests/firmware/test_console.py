@@ -655,7 +655,11 @@ def test_bwv_sim_console_pty_serves_the_console_while_the_scenario_runs(tmp_path
                              "--quiet", "--scenario", str(scenario), "--workdir", str(work),
                              "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONFAULTHANDLER="1"))  # stacks on SIGABRT
+                            env=dict(os.environ, PYTHONFAULTHANDLER="1"),  # stacks on SIGABRT
+                            # Ctrl-C as a terminal delivers it: a runner started in the
+                            # background (bash `&`) hands its children SIGINT ignored, and
+                            # bwv sim rightly keeps an inherited SIG_IGN
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not (work / "console").exists() and time.monotonic() < deadline:
