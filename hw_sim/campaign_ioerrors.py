@@ -58,7 +58,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hw_sim.campaign_pool import run_cases
+from hw_sim.campaign_pool import failure_digest, format_rows, run_cases, write_reports
 from hw_sim.powercut import PowerCutDisk, PowerCutError, refuse_without_fuse
 
 #: The issue's four, plus the other operations the store's durable paths make (directory
@@ -523,8 +523,7 @@ def summarize(results: list[dict], counts: dict, sampled: dict, elapsed: float) 
         "exits": sum(r.get("exits", 0) for r in results),
         "acked_segments": sum(r.get("acked", 0) for r in results),
         "elapsed_s": round(elapsed, 1),
-        "failures": [{"case": r["case"], "spec": r["spec"], "lost": r["lost"][:3],
-                      "problems": r["problems"][:5], "dir": r.get("dir")} for r in failed][:40],
+        "failures": failure_digest(failed),
     }
 
 
@@ -537,8 +536,7 @@ def table(s: dict) -> str:
             ("segments lost (must be 0)", s["lost"]),
             ("failed cases (must be 0)", s["failed"]),
             ("elapsed (s)", s["elapsed_s"])]
-    w = max(len(r[0]) for r in rows)
-    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+    return format_rows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -598,11 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["command"] = "python -m hw_sim.campaign_ioerrors " + " ".join(
         argv if argv is not None else sys.argv[1:])
     print(table(summary), file=sys.stderr)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-        args.json.with_suffix(".cases.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in results))
+    write_reports(args.json, summary, results)
     if not args.workdir and not summary["failures"]:
         shutil.rmtree(base, ignore_errors=True)
     return 0 if summary["failed"] == 0 and summary["lost"] == 0 else 1

@@ -8,8 +8,10 @@ stays in its worker), and ``fork`` lets a worker inherit the imported agent chea
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -29,3 +31,26 @@ def run_cases(specs: Sequence[Any], work: Callable[[Any], dict], *, jobs: int,
             on_result(i, r, results)
     results.sort(key=lambda r: r["case"])
     return results
+
+
+def failure_digest(failed: Sequence[dict], *, lost: int = 3, problems: int = 5,
+                   limit: int = 40) -> list[dict]:
+    """The failed cases as the summary keeps them: enough to replay and read, not the
+    whole case (that is in the ``.cases.jsonl`` beside the summary)."""
+    return [{"case": r["case"], "spec": r["spec"], "lost": r["lost"][:lost],
+             "problems": r["problems"][:problems], "dir": r.get("dir")} for r in failed][:limit]
+
+
+def format_rows(rows: Sequence[tuple[str, Any]]) -> str:
+    """A campaign's table for the terminal: one ``name  value`` row a line, aligned."""
+    w = max(len(r[0]) for r in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def write_reports(json_path: Path | None, summary: dict, results: Sequence[dict]) -> None:
+    """The summary as JSON and every case, one JSON line each, beside it (``.cases.jsonl``)."""
+    if json_path is None:
+        return
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    json_path.with_suffix(".cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))

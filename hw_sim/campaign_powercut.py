@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
-from hw_sim.campaign_pool import run_cases
+from hw_sim.campaign_pool import failure_digest, format_rows, run_cases, write_reports
 from hw_sim.powercut import PowerCutDisk, PowerCutError, refuse_without_fuse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -499,9 +499,8 @@ def summarize(results: list[dict], *, seed: int, command: str, elapsed: float, c
         "recovery_time_s": {"p50": pct(times, 50), "p99": pct(times, 99),
                             "max": round(max(times), 4) if times else None},
         "workload": calib,
-        "failures": [{"case": r["case"], "spec": r["spec"], "lost": r["lost"][:5],
-                      "problems": r["problems"][:8], "dir": r.get("dir")}
-                     for r in results if r["lost"] or r["problems"]][:30],
+        "failures": failure_digest([r for r in results if r["lost"] or r["problems"]],
+                                   lost=5, problems=8, limit=30),
     }
 
 
@@ -513,8 +512,7 @@ def table(s: dict) -> str:
             ("cuts whose recovery failed (must be 0)", s["failed_recoveries"]),
             ("recovery time p50 / p99 (s)", f"{s['recovery_time_s']['p50']} / {s['recovery_time_s']['p99']}"),
             ("elapsed (s)", s["elapsed_s"])]
-    w = max(len(r[0]) for r in rows)
-    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+    return format_rows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -567,11 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results, seed=args.seed, command=command,
                         elapsed=time.perf_counter() - t0, calib=calib)
     print(table(summary), file=sys.stderr)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-        (args.json.with_suffix(".cases.jsonl")).write_text(
-            "".join(json.dumps(r) + "\n" for r in results))
+    write_reports(args.json, summary, results)
     if not args.workdir and not summary["failures"]:
         shutil.rmtree(base, ignore_errors=True)
     return 0 if summary["lost"] == 0 and summary["failed_recoveries"] == 0 else 1
